@@ -1,0 +1,3 @@
+from cfncluster_node.cli import main
+
+raise SystemExit(main())

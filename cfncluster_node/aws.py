@@ -1,0 +1,98 @@
+"""AWS clients: one aiobotocore session, one client per service, one way to call them.
+
+Retries are the SDK's own (``standard`` or ``adaptive`` mode): throttling of every service,
+transient 5xx and connection errors are retried with backoff and jitter. The SDK's
+``AWS_ENDPOINT_URL`` (and ``AWS_ENDPOINT_URL_<SERVICE>``) is honoured, so tests, the demo
+and the benchmarks reach moto's server through exactly the production code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from cfncluster_node.config import AwsSettings
+
+CallRecorder = Callable[[str, str], None]
+
+
+class AwsError(Exception):
+    def __init__(self, service: str, operation: str, code: str, message: str) -> None:
+        self.service = service
+        self.operation = operation
+        self.code = code
+        super().__init__(f"{service} {operation} failed: {code}: {message}")
+
+
+class Aws:
+    """Opened with ``async with``; clients are created on first use and closed at exit.
+
+    ``recorder`` sees every (service, operation) called: the least-privilege test uses it.
+    """
+
+    def __init__(
+        self, settings: AwsSettings, region: str, *, recorder: CallRecorder | None = None
+    ) -> None:
+        self._region = region
+        self._recorder = recorder
+        proxies = (
+            {"http": settings.proxy, "https": settings.proxy}
+            if settings.proxy and settings.proxy != "NONE"
+            else None
+        )
+        self._config = AioConfig(
+            retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+            max_pool_connections=64,
+            proxies=proxies,
+        )
+        self._session: AioSession = get_session()
+        self._stack = contextlib.AsyncExitStack()
+        self._clients: dict[str, Any] = {}
+
+    async def __aenter__(self) -> Self:
+        await self._stack.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._clients.clear()
+        await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def client(self, service: str) -> Any:
+        if service not in self._clients:
+            creator = self._session.create_client(
+                service, region_name=self._region, config=self._config
+            )
+            self._clients[service] = await self._stack.enter_async_context(creator)
+        return self._clients[service]
+
+    async def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
+        """Call ``operation`` (snake_case) and turn any SDK failure into AwsError."""
+        client = await self.client(service)
+        if self._recorder is not None:
+            self._recorder(service, operation)
+        try:
+            response: dict[str, Any] = await getattr(client, operation)(**params)
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            raise AwsError(
+                service,
+                operation,
+                str(error.get("Code", "Unknown")),
+                str(error.get("Message", exc)),
+            ) from exc
+        except BotoCoreError as exc:
+            raise AwsError(service, operation, type(exc).__name__, str(exc)) from exc
+        return response

@@ -1,0 +1,151 @@
+"""``cfncluster-node``: the head node's supervisor and services, and the compute side."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cfncluster_node import __version__, announce, config, logs, messages, schedulers, supervisor
+from cfncluster_node.aws import Aws, AwsError
+from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
+from cfncluster_node.instances import InstanceTable
+from cfncluster_node.sqswatcher import SqsWatcher
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"cfncluster-node: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (AwsError, announce.AnnounceError) as exc:
+        print(f"cfncluster-node: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cfncluster-node", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "--config",
+            type=Path,
+            help=f"TOML file (default: ${config.ENV_VAR}, else {config.DEFAULT_PATH})",
+        )
+        return sub
+
+    run = with_config("run", "run the configured services under the supervisor")
+    run.set_defaults(handler=_run)
+
+    watcher = with_config("sqswatcher", "run the SQS watcher alone")
+    watcher.add_argument("--burst", action="store_true", help="exit once the queue is empty")
+    watcher.set_defaults(handler=_sqswatcher)
+
+    check = with_config("check-config", "validate the configuration and print it")
+    check.set_defaults(handler=_check_config)
+
+    ann = commands.add_parser(
+        "announce", help="(compute node) tell the head node this node joins or leaves"
+    )
+    ann.add_argument("what", choices=["ready", "leave"])
+    ann.add_argument(
+        "--queue-url",
+        default=os.environ.get("CFNCLUSTER_QUEUE_URL"),
+        help="the cluster queue (default: $CFNCLUSTER_QUEUE_URL)",
+    )
+    ann.add_argument("--region", default=os.environ.get("AWS_REGION"))
+    ann.add_argument("--instance-id")
+    ann.add_argument("--hostname")
+    ann.add_argument("--instance-type")
+    ann.add_argument("--address")
+    ann.add_argument("--slots", type=int)
+    ann.set_defaults(handler=_announce)
+    return parser
+
+
+def _configured(args: argparse.Namespace) -> Config:
+    settings = config.load(args.config)
+    logs.configure(settings.logging.level, settings.logging.format)
+    return settings
+
+
+def build_service(
+    name: ServiceName, settings: Config, aws: Aws, *, burst: bool = False
+) -> SqsWatcher:
+    match name:
+        case "sqswatcher":
+            return SqsWatcher(
+                aws,
+                settings.sqswatcher,
+                settings.cluster,
+                InstanceTable(aws, settings.sqswatcher.table),
+                schedulers.create(settings),
+                burst=burst,
+            )
+
+
+def _serve(settings: Config, names: Sequence[ServiceName], *, burst: bool) -> int:
+    async def main(stop: asyncio.Event) -> None:
+        async with Aws(settings.aws, settings.cluster.region) as aws:
+            services = [build_service(name, settings, aws, burst=burst) for name in names]
+            await supervisor.supervise(services, stop, settings.supervisor)
+
+    supervisor.run_until_stopped(main)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = _configured(args)
+    return _serve(settings, settings.supervisor.services, burst=False)
+
+
+def _sqswatcher(args: argparse.Namespace) -> int:
+    return _serve(_configured(args), ["sqswatcher"], burst=args.burst)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    print(settings.model_dump_json(indent=2))
+    return 0
+
+
+def _announce(args: argparse.Namespace) -> int:
+    logs.configure()
+    if not args.queue_url:
+        raise ConfigError("announce: no queue; pass --queue-url or set CFNCLUSTER_QUEUE_URL")
+    region = args.region or _region_of(args.queue_url)
+
+    async def main() -> None:
+        identity = await announce.identify(
+            instance_id=args.instance_id,
+            hostname=args.hostname,
+            instance_type=args.instance_type,
+            address=args.address,
+            slots=args.slots,
+        )
+        event = messages.READY_EVENT if args.what == "ready" else messages.LEAVE_EVENT
+        async with Aws(AwsSettings(), region) as aws:
+            await announce.send(aws, args.queue_url, event, identity)
+
+    asyncio.run(main())
+    return 0
+
+
+def _region_of(queue_url: str) -> str:
+    # https://sqs.us-east-1.amazonaws.com/123456789012/name
+    host = queue_url.split("/")[2]
+    parts = host.split(".")
+    if len(parts) >= 3 and parts[0] == "sqs":
+        return parts[1]
+    raise ConfigError(f"announce: cannot tell the region from {queue_url}; pass --region")

@@ -1,0 +1,151 @@
+"""The head node's configuration: one TOML file, validated before anything starts.
+
+The file is found at ``--config PATH``, else ``$CFNCLUSTER_NODE_CONFIG``, else
+``/etc/cfncluster/node.toml``. Every key is documented in the README with its default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
+ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
+
+ServiceName = Literal["sqswatcher"]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterSettings(_Section):
+    stack_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
+    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    scheduler: Literal["slurm"] = "slurm"
+    # Job slots of a compute node whose join message does not say (old compute AMIs).
+    default_slots: int = Field(default=1, ge=1, le=100_000)
+
+
+class AwsSettings(_Section):
+    retry_mode: Literal["standard", "adaptive"] = "adaptive"
+    max_attempts: int = Field(default=8, ge=1, le=50)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    # Must outlast SQS long polling (20 s).
+    read_timeout: float = Field(default=40.0, gt=20)
+    proxy: str | None = Field(default=None, pattern=r"^(NONE|https?://\S+)$")
+
+
+class SqsWatcherSettings(_Section):
+    queue: str = Field(min_length=1, description="queue name or URL")
+    table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    receivers: int = Field(default=4, ge=1, le=32)
+    max_batch: int = Field(default=1000, ge=1, le=10_000)
+    visibility_timeout: int = Field(default=120, ge=10, le=43_200)
+    retry_backoff_max: int = Field(default=300, ge=1, le=43_200)
+    tombstone_days: float = Field(default=7.0, gt=0)
+
+
+class SlurmSettings(_Section):
+    # Dynamic compute nodes carry this feature; slurm.conf maps it to partitions with a
+    # Nodeset (``Nodeset=compute Feature=compute``).
+    feature: str = Field(default="compute", pattern=r"^[A-Za-z0-9_-]+$")
+    conf: Path | None = None
+    bin_dir: Path | None = None
+    command_timeout: float = Field(default=30.0, gt=0)
+
+
+class SupervisorSettings(_Section):
+    services: list[ServiceName] = Field(default=["sqswatcher"], min_length=1)
+    stop_timeout: float = Field(default=30.0, gt=0)
+    restart_backoff_initial: float = Field(default=1.0, gt=0)
+    restart_backoff_max: float = Field(default=60.0, gt=0)
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Config(_Section):
+    cluster: ClusterSettings
+    sqswatcher: SqsWatcherSettings
+    aws: AwsSettings = AwsSettings()
+    slurm: SlurmSettings = SlurmSettings()
+    supervisor: SupervisorSettings = SupervisorSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+
+def resolve_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    from_env = os.environ.get(ENV_VAR)
+    return Path(from_env) if from_env else DEFAULT_PATH
+
+
+def load(explicit: Path | None = None) -> Config:
+    path = resolve_path(explicit)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass --config PATH or set {ENV_VAR}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(text, source=str(path))
+
+
+def parse(text: str, *, source: str) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_explain(source, exc))) from None
+
+
+def _explain(source: str, exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        kind = error["type"]
+        if kind == "missing":
+            lines.append(f"{source}: key '{key}' is required but missing")
+        elif kind == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'{_did_you_mean(error['loc'])}")
+        else:
+            found = error.get("input")
+            lines.append(f"{source}: key '{key}': expected {_expected(error)}, found {found!r}")
+    return lines
+
+
+def _expected(error: Any) -> str:
+    message: str = error["msg"]
+    # pydantic says "Input should be ..."; an operator wants "expected ...".
+    for prefix in ("Input should be ", "String should "):
+        if message.startswith(prefix):
+            rest = message.removeprefix(prefix)
+            return rest if prefix == "Input should be " else f"a string that should {rest}"
+    return message[0].lower() + message[1:]
+
+
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = Config
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return ""
+        model = annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

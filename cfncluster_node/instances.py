@@ -1,0 +1,163 @@
+"""The DynamoDB instance table: what the head node knows of each compute instance.
+
+Hash key ``instanceId`` and attribute ``hostname`` are the lineage's contract (PROTOCOL.md
+section 2); the other attributes are this project's. A terminated instance keeps its row
+as a tombstone until ``expiresAt`` (the table's TTL attribute), so a join message that
+arrives after its terminate cannot bring the host back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from cfncluster_node.aws import Aws, AwsError
+
+_GET_CHUNK = 100  # BatchGetItem's limit
+_WRITE_CHUNK = 25  # BatchWriteItem's limit
+_WRITERS = 4
+_UNPROCESSED_ATTEMPTS = 8
+
+
+class InstanceState(StrEnum):
+    LAUNCHED = "launched"
+    READY = "ready"
+    LEFT = "left"
+    TERMINATED = "terminated"
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    instance_id: str
+    state: InstanceState
+    event_time: datetime
+    updated_at: datetime
+    hostname: str | None = None
+    address: str | None = None
+    slots: int | None = None
+    instance_type: str | None = None
+    expires_at: int | None = None
+
+    def to_item(self) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "instanceId": {"S": self.instance_id},
+            "state": {"S": self.state.value},
+            "eventTime": {"S": self.event_time.isoformat()},
+            "updatedAt": {"S": self.updated_at.isoformat()},
+        }
+        strings = {
+            "hostname": self.hostname,
+            "address": self.address,
+            "instanceType": self.instance_type,
+        }
+        numbers = {"slots": self.slots, "expiresAt": self.expires_at}
+        item.update({key: {"S": value} for key, value in strings.items() if value is not None})
+        item.update({key: {"N": str(value)} for key, value in numbers.items() if value is not None})
+        return item
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> InstanceRecord:
+        def text(key: str) -> str | None:
+            return item[key]["S"] if key in item else None
+
+        def number(key: str) -> int | None:
+            return int(item[key]["N"]) if key in item else None
+
+        # Rows written by the lineage's watcher have only instanceId and hostname.
+        legacy_time = "1970-01-01T00:00:00+00:00"
+        return cls(
+            instance_id=item["instanceId"]["S"],
+            state=InstanceState(text("state") or InstanceState.READY),
+            event_time=datetime.fromisoformat(text("eventTime") or legacy_time),
+            updated_at=datetime.fromisoformat(text("updatedAt") or legacy_time),
+            hostname=text("hostname"),
+            address=text("address"),
+            slots=number("slots"),
+            instance_type=text("instanceType"),
+            expires_at=number("expiresAt"),
+        )
+
+
+class InstanceTable:
+    def __init__(self, aws: Aws, name: str) -> None:
+        self._aws = aws
+        self.name = name
+
+    async def get_many(self, instance_ids: Iterable[str]) -> dict[str, InstanceRecord]:
+        """Consistent reads of the given rows; absent ids are absent from the result."""
+        ids = sorted(set(instance_ids))
+        chunks = [ids[i : i + _GET_CHUNK] for i in range(0, len(ids), _GET_CHUNK)]
+        found: dict[str, InstanceRecord] = {}
+        for items in await asyncio.gather(*(self._get_chunk(chunk) for chunk in chunks)):
+            for item in items:
+                record = InstanceRecord.from_item(item)
+                found[record.instance_id] = record
+        return found
+
+    async def _get_chunk(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        request: dict[str, Any] = {
+            self.name: {"Keys": [{"instanceId": {"S": i}} for i in ids], "ConsistentRead": True}
+        }
+        items: list[dict[str, Any]] = []
+        for attempt in range(_UNPROCESSED_ATTEMPTS):
+            response = await self._aws.call("dynamodb", "batch_get_item", RequestItems=request)
+            items += response.get("Responses", {}).get(self.name, [])
+            request = response.get("UnprocessedKeys") or {}
+            if not request:
+                return items
+            await _backoff(attempt)
+        raise AwsError("dynamodb", "batch_get_item", "UnprocessedKeys", "throttled too long")
+
+    async def put_many(self, records: Sequence[InstanceRecord]) -> None:
+        chunks = [records[i : i + _WRITE_CHUNK] for i in range(0, len(records), _WRITE_CHUNK)]
+        limit = asyncio.Semaphore(_WRITERS)
+
+        async def write(chunk: Sequence[InstanceRecord]) -> None:
+            async with limit:
+                await self._write_chunk(chunk)
+
+        async with asyncio.TaskGroup() as group:
+            for chunk in chunks:
+                group.create_task(write(chunk))
+
+    async def _write_chunk(self, records: Sequence[InstanceRecord]) -> None:
+        request: dict[str, Any] = {
+            self.name: [{"PutRequest": {"Item": record.to_item()}} for record in records]
+        }
+        for attempt in range(_UNPROCESSED_ATTEMPTS):
+            response = await self._aws.call("dynamodb", "batch_write_item", RequestItems=request)
+            request = response.get("UnprocessedItems") or {}
+            if not request:
+                return
+            await _backoff(attempt)
+        raise AwsError("dynamodb", "batch_write_item", "UnprocessedItems", "throttled too long")
+
+    async def scan(self) -> list[InstanceRecord]:
+        records: list[InstanceRecord] = []
+        params: dict[str, Any] = {"TableName": self.name, "ConsistentRead": True}
+        while True:
+            response = await self._aws.call("dynamodb", "scan", **params)
+            records += [InstanceRecord.from_item(item) for item in response.get("Items", [])]
+            if "LastEvaluatedKey" not in response:
+                return records
+            params["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
+async def _backoff(attempt: int) -> None:
+    # Full jitter, as AWS recommends for unprocessed batch items.
+    await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2**attempt)))
+
+
+def table_definition(name: str) -> dict[str, Any]:
+    """CreateTable parameters; the stack template and the tests build the table from these."""
+    return {
+        "TableName": name,
+        "AttributeDefinitions": [{"AttributeName": "instanceId", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "instanceId", "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }

@@ -1,0 +1,161 @@
+"""AWS on this machine: moto's HTTP server and the cluster resources a stack would create.
+
+Used by the tests, the benchmarks and the demo; never by a production service. The
+server runs in its own process (as it would across a network, and off our event loop's
+GIL), and the clients reach it through the SDK's ``AWS_ENDPOINT_URL``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+
+from cfncluster_node.aws import Aws
+from cfncluster_node.instances import table_definition
+
+ACCOUNT = "123456789012"
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class MotoServer:
+    """``with MotoServer() as moto:`` starts moto_server on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ENDPOINT_URL": self.url, **CREDENTIALS}
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).close()
+                return
+            if self._process.poll() is not None:
+                raise RuntimeError(f"moto_server exited with {self._process.returncode}")
+            time.sleep(0.1)
+        raise RuntimeError("moto_server did not answer within 30 s")
+
+    def reset(self) -> None:
+        request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def use(self) -> None:
+        """Point this process's AWS clients at the server."""
+        os.environ.update(self.env)
+
+
+@dataclass(frozen=True)
+class ClusterResources:
+    queue_url: str
+    queue_arn: str
+    dead_letter_url: str
+    topic_arn: str
+    table: str
+
+
+async def create_cluster_resources(
+    aws: Aws, name: str, *, max_receives: int = 5
+) -> ClusterResources:
+    """The queue (with its dead-letter queue), topic and table a cluster stack creates."""
+    dead_letter_url = (await aws.call("sqs", "create_queue", QueueName=f"{name}-dlq"))["QueueUrl"]
+    dead_letter_arn = await _queue_arn(aws, dead_letter_url)
+    redrive = {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(max_receives)}
+    queue_url = (
+        await aws.call(
+            "sqs",
+            "create_queue",
+            QueueName=f"{name}-queue",
+            Attributes={"RedrivePolicy": json.dumps(redrive), "VisibilityTimeout": "120"},
+        )
+    )["QueueUrl"]
+    queue_arn = await _queue_arn(aws, queue_url)
+    topic_arn = (await aws.call("sns", "create_topic", Name=f"{name}-events"))["TopicArn"]
+    await aws.call("sns", "subscribe", TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    await aws.call("dynamodb", "create_table", **table_definition(f"{name}-instances"))
+    return ClusterResources(queue_url, queue_arn, dead_letter_url, topic_arn, f"{name}-instances")
+
+
+async def _queue_arn(aws: Aws, url: str) -> str:
+    response = await aws.call(
+        "sqs", "get_queue_attributes", QueueUrl=url, AttributeNames=["QueueArn"]
+    )
+    arn: str = response["Attributes"]["QueueArn"]
+    return arn
+
+
+def autoscaling_notification(
+    event: str, instance_id: str, *, group: str = "compute", when: datetime | None = None
+) -> str:
+    """An Auto Scaling notification as Auto Scaling publishes it to the SNS topic.
+
+    moto's Auto Scaling sends none, so tests and the demo publish them in its place.
+    """
+    when = when or datetime.now(UTC)
+    stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    verb = "Launching" if "LAUNCH" in event else "Terminating"
+    message: dict[str, Any] = {
+        "Progress": 50,
+        "AccountId": ACCOUNT,
+        "Description": f"{verb} EC2 instance: {instance_id}",
+        "RequestId": "a0b1c2d3-0000-4000-8000-000000000000",
+        "EndTime": stamp,
+        "AutoScalingGroupARN": (
+            f"arn:aws:autoscaling:us-east-1:{ACCOUNT}:autoScalingGroup:"
+            f"00000000-0000-4000-8000-000000000000:autoScalingGroupName/{group}"
+        ),
+        "ActivityId": "a0b1c2d3-0000-4000-8000-000000000001",
+        "StartTime": stamp,
+        "Service": "AWS Auto Scaling",
+        "Time": stamp,
+        "EC2InstanceId": instance_id,
+        "StatusCode": "InProgress",
+        "StatusMessage": "",
+        "Details": {"Subnet ID": "subnet-0123abcd", "Availability Zone": "us-east-1a"},
+        "AutoScalingGroupName": group,
+        "Cause": f"At {stamp} a user request changed the desired capacity.",
+        "Event": event,
+    }
+    return json.dumps(message)

@@ -1,0 +1,182 @@
+"""A private Slurm controller on this machine, for the tests, the benchmarks and the demo.
+
+Starts munged (if none runs) and a slurmctld with its own slurm.conf, state directory and
+ports under ``root``, without systemd. Debian's ``slurm-wlm`` and ``munge`` must be
+installed (``make test`` and ``make demo`` install them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Self
+
+from cfncluster_node.config import SlurmSettings
+from cfncluster_node.localaws import free_port
+
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+
+SLURM_CONF = """\
+ClusterName=cfnlocal
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=slurm
+AuthType=auth/munge
+CredType=cred/munge
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+ReturnToService=2
+MaxNodeCount={max_nodes}
+TreeWidth=65533
+PrivateData=cloud
+CommunicationParameters=NoAddrCache
+SlurmdTimeout=3600
+Nodeset=computeset Feature={feature}
+PartitionName=compute Nodes=computeset Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+class SlurmUnavailable(RuntimeError):
+    pass
+
+
+class LocalSlurm:
+    def __init__(self, root: Path, *, feature: str = "compute", max_nodes: int = 5000) -> None:
+        self.root = root
+        self.feature = feature
+        self.max_nodes = max_nodes
+        self.conf = root / "slurm.conf"
+        self._started_munged = False
+
+    @property
+    def settings(self) -> SlurmSettings:
+        return SlurmSettings(feature=self.feature, conf=self.conf, command_timeout=60)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf)}
+
+    def start(self) -> None:
+        for program in ("slurmctld", "munged", "scontrol"):
+            if shutil.which(program, path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None:
+                raise SlurmUnavailable(f"{program} not found: apt-get install slurm-wlm munge")
+        self._start_munged()
+        for sub in ("state", "spool"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            SLURM_CONF.format(
+                host=socket.gethostname().split(".")[0],
+                ctld_port=free_port(),
+                slurmd_port=free_port(),
+                root=self.root,
+                max_nodes=self.max_nodes,
+                feature=self.feature,
+            )
+        )
+        slurm = pwd.getpwnam("slurm")
+        for path in [self.root, *self.root.iterdir()]:
+            os.chown(path, slurm.pw_uid, slurm.pw_gid)
+        # -c: a clean start, no node or job state from an earlier run.
+        subprocess.run(["/usr/sbin/slurmctld", "-c"], env=self._env(), check=True)
+        self._wait_for("slurmctld", ["scontrol", "ping"], "UP")
+
+    def _start_munged(self) -> None:
+        if _munge_answers():
+            return
+        MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+        munge = pwd.getpwnam("munge")
+        for path in (MUNGE_SOCKET.parent, Path("/var/log/munge"), Path("/var/lib/munge")):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, munge.pw_uid, munge.pw_gid)
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+        self._started_munged = True
+        deadline = time.monotonic() + 10
+        while not _munge_answers():
+            if time.monotonic() > deadline:
+                raise SlurmUnavailable("munged did not answer within 10 s")
+            time.sleep(0.05)
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def _wait_for(self, what: str, argv: list[str], expected: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(argv, env=self._env(), capture_output=True, text=True)
+            if expected in result.stdout:
+                return
+            time.sleep(0.1)
+        log = self.root / "slurmctld.log"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise SlurmUnavailable(f"{what} did not come up within {timeout:g} s\n{tail}")
+
+    def scontrol(self, *args: str) -> str:
+        result = subprocess.run(
+            ["scontrol", *args], env=self._env(), capture_output=True, text=True, check=True
+        )
+        return result.stdout
+
+    def reset(self) -> None:
+        """Delete every dynamic node and job, so each test starts from an empty cluster."""
+        subprocess.run(["scancel", "--full", "-u", "root"], env=self._env(), capture_output=True)
+        text = self.scontrol("-o", "-F", "show", "node")
+        names = [
+            line.split()[0].removeprefix("NodeName=")
+            for line in text.splitlines()
+            if line.startswith("NodeName=")
+        ]
+        if names:
+            subprocess.run(
+                ["scontrol", "delete", f"NodeName={','.join(names)}"],
+                env=self._env(),
+                capture_output=True,
+            )
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(
+                ["scontrol", "shutdown", "slurmctld"],
+                env=self._env(),
+                capture_output=True,
+                timeout=30,
+            )
+        pid_file = self.root / "slurmctld.pid"
+        deadline = time.monotonic() + 15
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._started_munged:
+            subprocess.run(["pkill", "-x", "munged"], capture_output=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _munge_answers() -> bool:
+    if not MUNGE_SOCKET.exists():
+        return False
+    credential = subprocess.run(["munge", "-n"], capture_output=True)
+    if credential.returncode != 0:
+        return False
+    return subprocess.run(["unmunge"], input=credential.stdout, capture_output=True).returncode == 0

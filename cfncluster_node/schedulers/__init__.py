@@ -1,0 +1,61 @@
+"""The scheduler contract: the few things the head node asks of any batch scheduler.
+
+Every backend registers and removes hosts in batches and is idempotent: adding a host
+that is there, or removing one that is not, succeeds and changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from cfncluster_node.config import Config
+
+
+class SchedulerError(Exception):
+    """A scheduler command failed; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class Host:
+    hostname: str
+    slots: int
+    address: str | None = None
+    instance_id: str | None = None
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    hostname: str
+    slots: int
+    address: str | None
+    state: str
+    #: False while the host is draining, drained or down: it takes no new work.
+    available: bool
+
+
+@dataclass(frozen=True)
+class PendingWork:
+    jobs: int
+    nodes: int
+
+
+class Scheduler(Protocol):
+    name: str
+
+    async def add_hosts(self, hosts: Sequence[Host]) -> None: ...
+
+    async def remove_hosts(self, hostnames: Sequence[str]) -> None: ...
+
+    async def list_hosts(self) -> list[HostStatus]: ...
+
+    async def pending_work(self) -> PendingWork: ...
+
+
+def create(config: Config) -> Scheduler:
+    match config.cluster.scheduler:
+        case "slurm":
+            from cfncluster_node.schedulers.slurm import Slurm
+
+            return Slurm(config.slurm)

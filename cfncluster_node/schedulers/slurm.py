@@ -1,0 +1,170 @@
+"""Slurm (22.05 and later): compute hosts are dynamic nodes, created and deleted live.
+
+A batch of hosts costs a few ``scontrol`` calls whatever its size: one ``create`` per slot
+count, one address update, one ``resume``; removal drains, downs and deletes with one
+hostlist each. slurmctld is never reconfigured or restarted (``scontrol reconfigure``
+after a create or delete can kill a 22.05 slurmctld). slurm.conf must allow dynamic
+nodes (``MaxNodeCount``) and map the feature to partitions with a ``Nodeset``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cfncluster_node import commands
+from cfncluster_node.config import SlurmSettings
+from cfncluster_node.schedulers import Host, HostStatus, PendingWork, SchedulerError
+from cfncluster_node.schedulers.hostlist import compress
+
+_KEY = re.compile(r"(?:^|\s)([A-Za-z_]+)=")
+_UNAVAILABLE = frozenset({"DRAIN", "DOWN", "FUTURE", "FAIL", "MAINT", "NOT_RESPONDING"})
+_NEEDS_RESUME = frozenset({"DRAIN", "DOWN", "FUTURE"})
+
+
+@dataclass(frozen=True)
+class _Node:
+    name: str
+    cpus: int
+    address: str
+    flags: frozenset[str]
+    features: frozenset[str]
+
+
+def parse_nodes(text: str) -> list[_Node]:
+    """Parse ``scontrol -o show node``: one node a line, ``Key=value`` pairs."""
+    nodes = []
+    for line in text.splitlines():
+        fields = _fields(line)
+        if "NodeName" not in fields:
+            continue
+        nodes.append(
+            _Node(
+                name=fields["NodeName"],
+                cpus=int(fields.get("CPUTot", "0") or 0),
+                address=fields.get("NodeAddr", fields["NodeName"]),
+                flags=frozenset(fields.get("State", "").upper().split("+")) - {""},
+                features=frozenset(fields.get("AvailableFeatures", "").split(",")) - {"(null)"},
+            )
+        )
+    return nodes
+
+
+def _fields(line: str) -> dict[str, str]:
+    keys = list(_KEY.finditer(line))
+    ends = [following.start() for following in keys[1:]] + [len(line)] if keys else []
+    return {
+        key.group(1): line[key.end() : end].strip() for key, end in zip(keys, ends, strict=True)
+    }
+
+
+class Slurm:
+    name = "slurm"
+
+    def __init__(self, settings: SlurmSettings) -> None:
+        self._settings = settings
+        self._env = {"SLURM_CONF": str(settings.conf)} if settings.conf else None
+
+    def _program(self, name: str) -> str:
+        return str(self._settings.bin_dir / name) if self._settings.bin_dir else name
+
+    async def _run(self, program: str, *args: str) -> str:
+        try:
+            result = await commands.run(
+                [self._program(program), *args],
+                timeout=self._settings.command_timeout,
+                env=self._env,
+            )
+        except commands.CommandError as exc:
+            raise SchedulerError(str(exc)) from exc
+        return result.stdout
+
+    async def _nodes(self) -> dict[str, _Node]:
+        # -F: nodes still in FUTURE state (a create whose resume never ran) are listed too.
+        text = await self._run("scontrol", "-o", "-F", "show", "node")
+        return {node.name: node for node in parse_nodes(text)}
+
+    async def list_hosts(self) -> list[HostStatus]:
+        return [
+            HostStatus(
+                hostname=node.name,
+                slots=node.cpus,
+                address=node.address,
+                state="+".join(sorted(node.flags)).lower(),
+                available=not node.flags & _UNAVAILABLE,
+            )
+            for node in (await self._nodes()).values()
+            if self._settings.feature in node.features
+        ]
+
+    async def add_hosts(self, hosts: Sequence[Host]) -> None:
+        wanted = {host.hostname: host for host in hosts}
+        if not wanted:
+            return
+        current = await self._nodes()
+        resized = [n for n, h in wanted.items() if n in current and current[n].cpus != h.slots]
+        if resized:
+            await self._delete(resized, current, reason="cfncluster-node: slot count changed")
+            for name in resized:
+                del current[name]
+        missing = [h for n, h in wanted.items() if n not in current]
+        by_slots: dict[int, list[str]] = defaultdict(list)
+        for host in missing:
+            by_slots[host.slots].append(host.hostname)
+        for slots, names in sorted(by_slots.items()):
+            await self._run(
+                "scontrol",
+                "create",
+                f"NodeName={','.join(names)} CPUs={slots} State=FUTURE "
+                f"Features={self._settings.feature}",
+            )
+        readdressed = [
+            h
+            for n, h in wanted.items()
+            if h.address and (n not in current or current[n].address != h.address)
+        ]
+        if readdressed:
+            await self._run(
+                "scontrol",
+                "update",
+                f"NodeName={','.join(h.hostname for h in readdressed)}",
+                f"NodeAddr={','.join(str(h.address) for h in readdressed)}",
+            )
+        resume = [h.hostname for h in missing] + [
+            n for n in wanted if n in current and current[n].flags & _NEEDS_RESUME
+        ]
+        if resume:
+            await self._run("scontrol", "update", f"NodeName={compress(resume)}", "State=RESUME")
+
+    async def remove_hosts(self, hostnames: Sequence[str]) -> None:
+        current = await self._nodes()
+        await self._delete(hostnames, current, reason="cfncluster-node: instance gone")
+
+    async def _delete(
+        self, hostnames: Sequence[str], current: dict[str, _Node], *, reason: str
+    ) -> None:
+        present = [n for n in dict.fromkeys(hostnames) if n in current]
+        if not present:
+            return
+        # FUTURE nodes run nothing and refuse state changes: delete them as they are.
+        running = [n for n in present if "FUTURE" not in current[n].flags]
+        if running:
+            expression = compress(running)
+            # Drain first so nothing new lands, then down so the jobs of a vanished
+            # instance are requeued now rather than after SlurmdTimeout.
+            for state in ("DRAIN", "DOWN"):
+                await self._run(
+                    "scontrol",
+                    "update",
+                    f"NodeName={expression}",
+                    f"State={state}",
+                    f"Reason={reason}",
+                )
+        await self._run("scontrol", "delete", f"NodeName={compress(present)}")
+
+    async def pending_work(self) -> PendingWork:
+        text = await self._run("squeue", "-h", "-r", "-t", "PD", "-o", "%D")
+        counts = [int(line) for line in text.split() if line.isdigit()]
+        return PendingWork(jobs=len(counts), nodes=sum(counts))

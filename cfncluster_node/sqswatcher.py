@@ -1,0 +1,431 @@
+"""The SQS watcher: instance events from the cluster queue become scheduler hosts and rows.
+
+Several receivers long-poll the queue into one inbox; one applier takes everything the
+inbox holds, coalesces it per instance and applies it as one scheduler update plus
+batched table writes. A message is deleted only once its effect is durable (the row is
+written and the scheduler has answered); until then a heartbeat keeps it invisible. A
+failed message is left to come back with a growing delay, and the queue's redrive policy
+moves it to the dead-letter queue after its last try; a message that can never be
+understood goes there at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from cfncluster_node import lifecycle, logs, messages
+from cfncluster_node.aws import Aws, AwsError
+from cfncluster_node.config import ClusterSettings, SqsWatcherSettings
+from cfncluster_node.instances import InstanceTable
+from cfncluster_node.messages import EventKind, InstanceEvent, MessageError
+from cfncluster_node.schedulers import Scheduler, SchedulerError
+
+_SQS_BATCH = 10
+_LONG_POLL_S = 20
+_BURST_POLL_S = 1
+_GIVE_UP_AFTER = 3  # consecutive single-host failures: the scheduler itself is down
+_STOP = object()
+
+T = TypeVar("T")
+
+
+@dataclass
+class Received:
+    message_id: str
+    receipt: str
+    body: str
+    sent_at: datetime
+    receive_count: int
+    extended_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class Queue:
+    url: str
+    dead_letter_url: str | None
+    max_receives: int | None
+
+
+class SqsWatcher:
+    """Long-polls the cluster queue and applies what arrives.
+
+    aws: the client factory. settings: the ``[sqswatcher]`` section. cluster: the
+    ``[cluster]`` section (default slot count). table: the instance table. scheduler: the
+    backend hosts are registered with. burst: return once the queue is empty instead of
+    polling forever (tests, benchmarks, one-off catch-up runs).
+    """
+
+    name = "sqswatcher"
+
+    def __init__(
+        self,
+        aws: Aws,
+        settings: SqsWatcherSettings,
+        cluster: ClusterSettings,
+        table: InstanceTable,
+        scheduler: Scheduler,
+        *,
+        burst: bool = False,
+    ) -> None:
+        self._aws = aws
+        self._settings = settings
+        self._cluster = cluster
+        self._table = table
+        self._scheduler = scheduler
+        self._burst = burst
+        self._log = logs.get()
+        self._owners: dict[str, str] = {}
+        self._held: dict[str, Received] = {}
+        self._room = asyncio.Condition()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        queue = await self._open_queue()
+        self._owners = lifecycle.owners_of(await self._table.scan())
+        self._held = {}
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._log.info(
+            "sqswatcher_started",
+            queue_url=queue.url,
+            dead_letter_url=queue.dead_letter_url,
+            receivers=self._settings.receivers,
+            hosts_known=len(self._owners),
+        )
+        async with asyncio.TaskGroup() as group:
+            receivers = [
+                group.create_task(self._receive(queue, inbox))
+                for _ in range(self._settings.receivers)
+            ]
+            heartbeat = group.create_task(self._heartbeat(queue))
+            watchers = [
+                group.create_task(_then_stop(stop.wait(), inbox)),
+                group.create_task(_then_stop(asyncio.gather(*receivers), inbox)),
+            ]
+            await self._apply_loop(queue, inbox, stop)
+            for task in [*receivers, heartbeat, *watchers]:
+                task.cancel()
+        await self._release(queue, self._held.values())
+        self._log.info("sqswatcher_stopped")
+
+    async def _open_queue(self) -> Queue:
+        name_or_url = self._settings.queue
+        if name_or_url.startswith(("https://", "http://")):
+            url = name_or_url
+        else:
+            url = (await self._aws.call("sqs", "get_queue_url", QueueName=name_or_url))["QueueUrl"]
+        attributes = (
+            await self._aws.call(
+                "sqs", "get_queue_attributes", QueueUrl=url, AttributeNames=["RedrivePolicy"]
+            )
+        ).get("Attributes", {})
+        if "RedrivePolicy" not in attributes:
+            self._log.warning("dead_letter_queue_missing", queue_url=url)
+            return Queue(url, None, None)
+        policy = json.loads(attributes["RedrivePolicy"])
+        dead_letter_name = policy["deadLetterTargetArn"].rsplit(":", 1)[-1]
+        dead_letter_url = (
+            await self._aws.call("sqs", "get_queue_url", QueueName=dead_letter_name)
+        )["QueueUrl"]
+        return Queue(url, dead_letter_url, int(policy["maxReceiveCount"]))
+
+    async def _receive(self, queue: Queue, inbox: asyncio.Queue[Any]) -> None:
+        limit = max(self._settings.max_batch, _SQS_BATCH)
+        failures = 0
+        while True:
+            async with self._room:
+                await self._room.wait_for(lambda: len(self._held) < limit)
+            try:
+                response = await self._aws.call(
+                    "sqs",
+                    "receive_message",
+                    QueueUrl=queue.url,
+                    MaxNumberOfMessages=_SQS_BATCH,
+                    WaitTimeSeconds=_BURST_POLL_S if self._burst else _LONG_POLL_S,
+                    VisibilityTimeout=self._settings.visibility_timeout,
+                    MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+                )
+            except AwsError as exc:
+                # The SDK has already retried; keep polling, more slowly, rather than
+                # tear down the batch in flight.
+                failures += 1
+                self._log.warning("receive_failed", error=str(exc), failures=failures)
+                await asyncio.sleep(min(60.0, 2.0**failures))
+                continue
+            failures = 0
+            batch = [_received(m) for m in response.get("Messages", [])]
+            if not batch and self._burst:
+                return
+            for message in batch:
+                self._held[message.receipt] = message
+                inbox.put_nowait(message)
+
+    async def _heartbeat(self, queue: Queue) -> None:
+        """Keep held messages invisible while their batch is still being applied."""
+        period = self._settings.visibility_timeout / 3
+        while True:
+            await asyncio.sleep(period / 2)
+            due = [m for m in self._held.values() if time.monotonic() - m.extended_at > period]
+            for message in due:
+                message.extended_at = time.monotonic()
+            await self._set_visibility(queue, due, lambda _: self._settings.visibility_timeout)
+
+    async def _apply_loop(
+        self, queue: Queue, inbox: asyncio.Queue[Any], stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            first = await inbox.get()
+            if first is _STOP or stop.is_set():
+                return
+            batch = [first]
+            while not inbox.empty() and len(batch) < self._settings.max_batch:
+                item = inbox.get_nowait()
+                if item is _STOP:
+                    inbox.put_nowait(item)
+                    break
+                batch.append(item)
+            await self._apply(queue, batch)
+            async with self._room:
+                self._room.notify_all()
+
+    async def _apply(self, queue: Queue, batch: list[Received]) -> None:
+        started = time.monotonic()
+        done: list[Received] = []
+        events: list[tuple[Received, InstanceEvent]] = []
+        for message in batch:
+            log = self._log.bind(message_id=message.message_id)
+            try:
+                parsed = messages.parse(message.body, message.sent_at)
+            except MessageError as exc:
+                await self._dead_letter(queue, message, str(exc))
+                continue
+            if isinstance(parsed, messages.Dropped):
+                log.info("message_dropped", reason=parsed.reason, event_name=parsed.event)
+                done.append(message)
+            elif parsed.kind in (EventKind.LAUNCH_ERROR, EventKind.TERMINATE_ERROR):
+                log.warning(
+                    f"autoscaling_{parsed.kind.value}",
+                    instance_id=parsed.instance_id,
+                    detail=parsed.detail,
+                )
+                done.append(message)
+            else:
+                events.append((message, parsed))
+        failed: set[str] = set()
+        if events:
+            try:
+                failed = await self._apply_events([event for _, event in events])
+            except AwsError as exc:
+                self._log.error("batch_failed", error=str(exc), messages=len(events))
+                failed = {event.instance_id for _, event in events}
+        done += [message for message, event in events if event.instance_id not in failed]
+        retry = [message for message, event in events if event.instance_id in failed]
+        await self._delete(queue, done)
+        await self._retry(queue, retry)
+        self._log.info(
+            "batch_applied",
+            messages=len(batch),
+            deleted=len(done),
+            retried=len(retry),
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    async def _apply_events(self, events: list[InstanceEvent]) -> set[str]:
+        """Apply events; return the instances whose effect did not happen (to retry)."""
+        winners = lifecycle.coalesce(await self._with_hostnames(events))
+        records = await self._table.get_many(winners)
+        plan = lifecycle.plan(
+            winners,
+            records,
+            self._owners,
+            now=datetime.now(UTC),
+            default_slots=self._cluster.default_slots,
+            tombstone_for=timedelta(days=self._settings.tombstone_days),
+        )
+        # Rows first: a crash after this leaves a row that the redelivered message
+        # completes, and a later terminate finds the hostname it must remove.
+        await self._table.put_many(plan.records)
+        lifecycle.update_owners(self._owners, plan.records)
+        failed = await _isolating(
+            self._scheduler.remove_hosts, list(plan.unregister.items()), self._log
+        )
+        failed |= await _isolating(
+            self._scheduler.add_hosts,
+            [(host, host.instance_id or "") for host in plan.register],
+            self._log,
+        )
+        for decision in plan.decisions:
+            if decision.instance_id not in failed:
+                self._log.info(
+                    decision.event, instance_id=decision.instance_id, hostname=decision.hostname
+                )
+        return failed
+
+    async def _with_hostnames(self, events: list[InstanceEvent]) -> list[InstanceEvent]:
+        """Old compute nodes may not say their hostname: ask EC2 for it."""
+        unnamed = sorted(
+            {e.instance_id for e in events if e.kind is EventKind.READY and not e.hostname}
+        )
+        if not unnamed:
+            return events
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(unnamed), 200):
+            response = await self._aws.call(
+                "ec2",
+                "describe_instances",
+                Filters=[{"Name": "instance-id", "Values": unnamed[start : start + 200]}],
+            )
+            for reservation in response.get("Reservations", []):
+                for instance in reservation.get("Instances", []):
+                    found[instance["InstanceId"]] = instance
+        named = []
+        for event in events:
+            instance = found.get(event.instance_id)
+            if event.kind is EventKind.READY and not event.hostname:
+                if not instance or not instance.get("PrivateDnsName"):
+                    self._log.warning(
+                        "ready_without_hostname_dropped", instance_id=event.instance_id
+                    )
+                    continue
+                event = _named(event, instance)
+            named.append(event)
+        return named
+
+    async def _dead_letter(self, queue: Queue, message: Received, reason: str) -> None:
+        log = self._log.bind(message_id=message.message_id)
+        if queue.dead_letter_url is None:
+            log.error("message_discarded", reason=reason, body=message.body[:500])
+        else:
+            await self._aws.call(
+                "sqs",
+                "send_message",
+                QueueUrl=queue.dead_letter_url,
+                MessageBody=message.body,
+                MessageAttributes={
+                    "error": {"DataType": "String", "StringValue": reason},
+                    "sourceMessageId": {"DataType": "String", "StringValue": message.message_id},
+                },
+            )
+            log.error("message_dead_lettered", reason=reason)
+        await self._delete(queue, [message])
+
+    async def _delete(self, queue: Queue, batch: Sequence[Received]) -> None:
+        await self._per_ten(queue, "delete_message_batch", batch, lambda _: {})
+        for message in batch:
+            self._held.pop(message.receipt, None)
+
+    async def _retry(self, queue: Queue, batch: Sequence[Received]) -> None:
+        cap = self._settings.retry_backoff_max
+        for message in batch:
+            if queue.max_receives is not None and message.receive_count >= queue.max_receives:
+                self._log.error(
+                    "message_dead_lettered",
+                    message_id=message.message_id,
+                    reason=f"failed {message.receive_count} times",
+                )
+        await self._set_visibility(queue, batch, lambda m: min(cap, 5 * 2 ** (m.receive_count - 1)))
+        for message in batch:
+            self._held.pop(message.receipt, None)
+
+    async def _release(self, queue: Queue, batch: Iterable[Received]) -> None:
+        """Give unapplied messages back to the queue now, for the next watcher."""
+        pending = list(batch)
+        if pending:
+            await self._set_visibility(queue, pending, lambda _: 0)
+            self._log.info("messages_released", messages=len(pending))
+
+    async def _set_visibility(
+        self, queue: Queue, batch: Sequence[Received], seconds: Callable[[Received], int]
+    ) -> None:
+        await self._per_ten(
+            queue,
+            "change_message_visibility_batch",
+            batch,
+            lambda m: {"VisibilityTimeout": seconds(m)},
+        )
+
+    async def _per_ten(
+        self,
+        queue: Queue,
+        operation: str,
+        batch: Sequence[Received],
+        extra: Callable[[Received], dict[str, Any]],
+    ) -> None:
+        async def one_call(chunk: Sequence[Received]) -> None:
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m.receipt, **extra(m)} for i, m in enumerate(chunk)
+            ]
+            response = await self._aws.call("sqs", operation, QueueUrl=queue.url, Entries=entries)
+            for failure in response.get("Failed", []):
+                self._log.warning(
+                    "sqs_batch_entry_failed",
+                    operation=operation,
+                    message_id=chunk[int(failure["Id"])].message_id,
+                    code=failure.get("Code"),
+                )
+
+        chunks = [batch[i : i + _SQS_BATCH] for i in range(0, len(batch), _SQS_BATCH)]
+        await asyncio.gather(*(one_call(chunk) for chunk in chunks))
+
+
+async def _then_stop(awaitable: Awaitable[Any], inbox: asyncio.Queue[Any]) -> None:
+    await awaitable
+    inbox.put_nowait(_STOP)
+
+
+async def _isolating(
+    operation: Callable[[list[T]], Awaitable[None]],
+    items: list[tuple[T, str]],
+    log: Any,
+) -> set[str]:
+    """Apply ``operation`` to all items at once; if that fails, to each alone.
+
+    Returns the instance ids whose item failed, so one bad host delays only its own
+    message. After a few failures in a row the scheduler is taken to be down and the
+    rest are not tried.
+    """
+    if not items:
+        return set()
+    try:
+        await operation([item for item, _ in items])
+        return set()
+    except SchedulerError as exc:
+        log.warning("scheduler_batch_failed", error=str(exc), items=len(items))
+    failed: set[str] = set()
+    streak = 0
+    for item, instance_id in items:
+        if streak >= _GIVE_UP_AFTER:
+            failed.add(instance_id)
+            continue
+        try:
+            await operation([item])
+            streak = 0
+        except SchedulerError as exc:
+            streak += 1
+            failed.add(instance_id)
+            log.error("scheduler_update_failed", instance_id=instance_id, error=str(exc))
+    return failed
+
+
+def _received(message: dict[str, Any]) -> Received:
+    attributes = message.get("Attributes", {})
+    sent_ms = int(attributes.get("SentTimestamp", time.time() * 1000))
+    return Received(
+        message_id=message["MessageId"],
+        receipt=message["ReceiptHandle"],
+        body=message.get("Body", ""),
+        sent_at=datetime.fromtimestamp(sent_ms / 1000, UTC),
+        receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
+    )
+
+
+def _named(event: InstanceEvent, instance: dict[str, Any]) -> InstanceEvent:
+    return replace(
+        event,
+        hostname=messages.short_hostname(instance["PrivateDnsName"]),
+        instance_type=event.instance_type or instance.get("InstanceType"),
+    )

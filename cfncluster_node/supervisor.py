@@ -1,0 +1,94 @@
+"""The supervisor: runs every service in one TaskGroup, restarts a crashed one, stops all.
+
+A service is anything with a ``name`` and ``async def run(self, stop)``. It returns when
+``stop`` is set (or, in burst mode, when its work is done). A service that raises is
+logged with its traceback and restarted after a capped exponential backoff; the others
+keep running. SIGTERM and SIGINT set ``stop``; a service still running ``stop_timeout``
+seconds later is cancelled, so the process always exits in bounded time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+import uvloop
+
+from cfncluster_node import logs
+from cfncluster_node.config import SupervisorSettings
+
+# A service that ran this long before crashing starts again from the initial backoff.
+_STABLE_AFTER_S = 60.0
+
+
+class Service(Protocol):
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+async def supervise(
+    services: Sequence[Service], stop: asyncio.Event, settings: SupervisorSettings
+) -> None:
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(_keep_running(s, stop, settings)) for s in services]
+        deadline = group.create_task(_cancel_when_late(stop, settings.stop_timeout, tasks))
+        await asyncio.wait(tasks)
+        deadline.cancel()
+
+
+async def _keep_running(
+    service: Service, stop: asyncio.Event, settings: SupervisorSettings
+) -> None:
+    logs.bind_service(service.name)
+    log = logs.get()
+    delay = settings.restart_backoff_initial
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            await service.run(stop)
+            return
+        except Exception:
+            if time.monotonic() - started > _STABLE_AFTER_S:
+                delay = settings.restart_backoff_initial
+            log.exception("service_crashed", restart_in_s=delay)
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+        except TimeoutError:
+            log.info("service_restarting")
+        delay = min(delay * 2, settings.restart_backoff_max)
+
+
+async def _cancel_when_late(
+    stop: asyncio.Event, timeout: float, tasks: Sequence[asyncio.Task[None]]
+) -> None:
+    await stop.wait()
+    await asyncio.sleep(timeout)
+    late = [task for task in tasks if not task.done()]
+    logs.get().error("stop_timeout_exceeded", timeout_s=timeout, services_cancelled=len(late))
+    for task in late:
+        task.cancel()
+
+
+def run_until_stopped(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main(stop)`` on uvloop with SIGTERM and SIGINT setting ``stop``."""
+
+    async def entry() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, _stopper(stop, signum))
+        await main(stop)
+
+    uvloop.run(entry())
+
+
+def _stopper(stop: asyncio.Event, signum: int) -> Callable[[], None]:
+    def on_signal() -> None:
+        logs.get().info("stop_requested", signal=signal.Signals(signum).name)
+        stop.set()
+
+    return on_signal
