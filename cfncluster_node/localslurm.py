@@ -64,7 +64,6 @@ class LocalSlurm:
         self.feature = feature
         self.max_nodes = max_nodes
         self.conf = root / "slurm.conf"
-        self._started_munged = False
 
     @property
     def settings(self) -> SlurmSettings:
@@ -106,8 +105,8 @@ class LocalSlurm:
         for path in (MUNGE_SOCKET.parent, Path("/var/log/munge"), Path("/var/lib/munge")):
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, munge.pw_uid, munge.pw_gid)
+        # munged is the machine's daemon, shared by every Slurm here: it is left running.
         subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
-        self._started_munged = True
         deadline = time.monotonic() + 10
         while not _munge_answers():
             if time.monotonic() > deadline:
@@ -162,8 +161,6 @@ class LocalSlurm:
         deadline = time.monotonic() + 15
         while pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self._started_munged:
-            subprocess.run(["pkill", "-x", "munged"], capture_output=True)
 
     def __enter__(self) -> Self:
         self.start()
