@@ -159,3 +159,24 @@ def autoscaling_notification(
         "Event": event,
     }
     return json.dumps(message)
+
+
+async def publish_autoscaling(
+    aws: Aws, topic_arn: str, event: str, instance_id: str, *, when: datetime | None = None
+) -> None:
+    await aws.call(
+        "sns",
+        "publish",
+        TopicArn=topic_arn,
+        Subject=f"Auto Scaling: {event}",
+        Message=autoscaling_notification(event, instance_id, when=when),
+    )
+
+
+async def send_messages(aws: Aws, queue_url: str, bodies: list[str]) -> None:
+    """Send bodies to the queue, ten to a call, as compute nodes (or a test) would."""
+    for start in range(0, len(bodies), 10):
+        entries = [
+            {"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[start : start + 10])
+        ]
+        await aws.call("sqs", "send_message_batch", QueueUrl=queue_url, Entries=entries)

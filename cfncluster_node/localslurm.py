@@ -59,6 +59,8 @@ class SlurmUnavailable(RuntimeError):
 
 
 class LocalSlurm:
+    """A slurmctld under ``root``, a directory the slurm user can reach (not a 0700 tmp)."""
+
     def __init__(self, root: Path, *, feature: str = "compute", max_nodes: int = 5000) -> None:
         self.root = root
         self.feature = feature

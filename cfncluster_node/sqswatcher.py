@@ -103,8 +103,8 @@ class SqsWatcher:
             ]
             heartbeat = group.create_task(self._heartbeat(queue))
             watchers = [
-                group.create_task(_then_stop(stop.wait(), inbox)),
-                group.create_task(_then_stop(asyncio.gather(*receivers), inbox)),
+                group.create_task(_stop_when_set(stop, inbox)),
+                group.create_task(_stop_when_done(receivers, inbox)),
             ]
             await self._apply_loop(queue, inbox, stop)
             for task in [*receivers, heartbeat, *watchers]:
@@ -372,8 +372,14 @@ class SqsWatcher:
         await asyncio.gather(*(one_call(chunk) for chunk in chunks))
 
 
-async def _then_stop(awaitable: Awaitable[Any], inbox: asyncio.Queue[Any]) -> None:
-    await awaitable
+async def _stop_when_set(stop: asyncio.Event, inbox: asyncio.Queue[Any]) -> None:
+    await stop.wait()
+    inbox.put_nowait(_STOP)
+
+
+async def _stop_when_done(tasks: list[asyncio.Task[None]], inbox: asyncio.Queue[Any]) -> None:
+    """In burst mode the receivers end once the queue is empty, and so does the applier."""
+    await asyncio.wait(tasks)
     inbox.put_nowait(_STOP)
 
 
