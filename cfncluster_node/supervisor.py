@@ -44,7 +44,7 @@ async def _keep_running(
     service: Service, stop: asyncio.Event, settings: SupervisorSettings
 ) -> None:
     logs.bind_service(service.name)
-    log = logs.get()
+    log = logs.get(service=service.name)
     delay = settings.restart_backoff_initial
     while not stop.is_set():
         started = time.monotonic()

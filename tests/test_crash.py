@@ -1,0 +1,116 @@
+"""The watcher as operators run it: a process that is killed, restarted and stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from cfncluster_node.aws import Aws
+from cfncluster_node.instances import InstanceState
+from cfncluster_node.localaws import (
+    ClusterResources,
+    MotoServer,
+    publish_autoscaling,
+    send_messages,
+)
+from cfncluster_node.localslurm import LocalSlurm
+from tests.test_sqswatcher import T0, TERMINATE, instance, queue_depth, ready, rows, slurm_hosts
+
+JOINS = 200
+TERMINATED = 100
+
+
+def write_config(path: Path, cluster: ClusterResources, slurm: LocalSlurm) -> Path:
+    path.write_text(
+        f"""
+[cluster]
+stack_name = "crash"
+region = "us-east-1"
+
+[sqswatcher]
+queue = "{cluster.queue_url}"
+table = "{cluster.table}"
+visibility_timeout = 10
+max_batch = 20
+
+[slurm]
+conf = "{slurm.conf}"
+
+[logging]
+format = "json"
+"""
+    )
+    return path
+
+
+def start_watcher(config: Path, moto: MotoServer, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cfncluster_node", "sqswatcher", "--config", str(config)],
+        env={**os.environ, **moto.env},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def wait_until(check: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"condition not reached within {timeout} s")
+
+
+async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "node.toml", cluster, slurm)
+    log = tmp_path / "watcher.log"
+    first = start_watcher(config, moto, log)
+    try:
+        for start in range(0, JOINS, 20):
+            await send_messages(aws, cluster.queue_url, [ready(n) for n in range(start, start + 20)])
+
+        async def half_registered() -> bool:
+            return len(await slurm_hosts(slurm)) >= JOINS // 4
+
+        await wait_until(half_registered, 60)
+    finally:
+        first.kill()  # SIGKILL: no cleanup, messages in flight stay invisible
+        first.wait()
+
+    # Terminates (and a replay of some joins) arrive while no watcher runs.
+    for n in range(TERMINATED):
+        await publish_autoscaling(
+            aws, cluster.topic_arn, TERMINATE, instance(n), when=T0 + timedelta(minutes=5)
+        )
+    await send_messages(aws, cluster.queue_url, [ready(n) for n in range(0, JOINS, 7)])
+
+    second = start_watcher(config, moto, log)
+    try:
+        expected_hosts = {f"ip-10-0-0-{n}" for n in range(TERMINATED, JOINS)}
+
+        async def converged() -> bool:
+            return set(await slurm_hosts(slurm)) == expected_hosts and (
+                await queue_depth(aws, cluster.queue_url) == 0
+            )
+
+        await wait_until(converged, 120)
+    finally:
+        second.send_signal(signal.SIGTERM)
+        exit_code = second.wait(timeout=60)
+
+    assert exit_code == 0, log.read_text()[-3000:]
+    assert set(await slurm_hosts(slurm)) == expected_hosts
+    table = await rows(aws, cluster)
+    assert len(table) == JOINS
+    assert {i for i, r in table.items() if r.state is InstanceState.TERMINATED} == {
+        instance(n) for n in range(TERMINATED)
+    }
+    assert await queue_depth(aws, cluster.dead_letter_url) == 0

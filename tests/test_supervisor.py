@@ -1,0 +1,87 @@
+"""The supervisor: restarts with backoff, isolation between services, bounded stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from cfncluster_node.config import SupervisorSettings
+from cfncluster_node.supervisor import supervise
+
+FAST = SupervisorSettings(
+    restart_backoff_initial=0.01, restart_backoff_max=0.04, stop_timeout=0.5
+)
+
+
+class Crashing:
+    name = "crashing"
+
+    def __init__(self, crashes: int) -> None:
+        self.crashes = crashes
+        self.starts: list[float] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.starts.append(time.monotonic())
+        if len(self.starts) <= self.crashes:
+            raise RuntimeError(f"crash {len(self.starts)}")
+        await stop.wait()
+
+
+class Steady:
+    name = "steady"
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.runs += 1
+        await stop.wait()
+
+
+class Stubborn:
+    name = "stubborn"
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await asyncio.sleep(3600)  # ignores stop
+
+
+async def test_crashed_service_restarts_with_growing_backoff_while_others_run() -> None:
+    crashing, steady, stop = Crashing(crashes=4), Steady(), asyncio.Event()
+    with structlog.testing.capture_logs() as records:
+        task = asyncio.create_task(supervise([crashing, steady], stop, FAST))
+        while len(crashing.starts) < 5:
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+    gaps = [b - a for a, b in zip(crashing.starts, crashing.starts[1:], strict=False)]
+    assert gaps[0] >= 0.01 and gaps[2] >= 0.04 and gaps[3] >= 0.04  # doubled, then capped
+    assert steady.runs == 1
+    crashes = [r for r in records if r["event"] == "service_crashed"]
+    assert [r["restart_in_s"] for r in crashes] == [0.01, 0.02, 0.04, 0.04]
+    assert all(r["service"] == "crashing" and r["exc_info"] for r in crashes)
+
+
+async def test_stop_cancels_a_service_that_does_not_stop_in_time() -> None:
+    stop = asyncio.Event()
+    with structlog.testing.capture_logs() as records:
+        task = asyncio.create_task(supervise([Stubborn(), Steady()], stop, FAST))
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        stop.set()
+        await asyncio.wait_for(task, 3)
+    assert 0.5 <= time.monotonic() - started < 2
+    [late] = [r for r in records if r["event"] == "stop_timeout_exceeded"]
+    assert late["services_cancelled"] == 1
+
+
+async def test_services_that_finish_their_work_end_the_supervisor() -> None:
+    class Burst:
+        name = "burst"
+
+        async def run(self, stop: asyncio.Event) -> None:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(supervise([Burst(), Burst()], asyncio.Event(), FAST), 2)
