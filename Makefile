@@ -26,7 +26,7 @@ test: install system-deps
 	$(BIN)/pytest -q
 
 demo: install system-deps
-	$(BIN)/cfncluster-node-demo
+	$(BIN)/cfncluster-node demo
 
 bench: install system-deps
 	$(BIN)/python -m tests.bench

@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     check = with_config("check-config", "validate the configuration and print it")
     check.set_defaults(handler=_check_config)
 
+    demo = commands.add_parser(
+        "demo", help="run the watcher on a local moto server, a private Slurm and a simulated fleet"
+    )
+    demo.add_argument("--quick", action="store_true", help="a small fleet (CI)")
+    demo.set_defaults(handler=_demo)
+
     ann = commands.add_parser(
         "announce", help="(compute node) tell the head node this node joins or leaves"
     )
@@ -118,6 +124,12 @@ def _check_config(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     print(settings.model_dump_json(indent=2))
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from cfncluster_node import demo  # moto and rich load only for the demo
+
+    return demo.main(quick=args.quick)
 
 
 def _announce(args: argparse.Namespace) -> int:

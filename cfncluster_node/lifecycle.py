@@ -167,6 +167,8 @@ def _decision(
             current.state is InstanceState.TERMINATED
         )
         name = "event_after_terminate_ignored" if superseded_by_terminate else "event_superseded"
+    elif new is current:
+        name = "event_already_applied"
     else:
         name = {
             InstanceState.LAUNCHED: "instance_launched",
