@@ -12,7 +12,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
 DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
 ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
@@ -33,26 +33,26 @@ class ClusterSettings(_Section):
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
     scheduler: Literal["slurm"] = "slurm"
     # Job slots of a compute node whose join message does not say (old compute AMIs).
-    default_slots: int = Field(default=1, ge=1, le=100_000)
+    default_slots: StrictInt = Field(default=1, ge=1, le=100_000)
 
 
 class AwsSettings(_Section):
     retry_mode: Literal["standard", "adaptive"] = "adaptive"
-    max_attempts: int = Field(default=8, ge=1, le=50)
-    connect_timeout: float = Field(default=5.0, gt=0)
+    max_attempts: StrictInt = Field(default=8, ge=1, le=50)
+    connect_timeout: StrictFloat = Field(default=5.0, gt=0)
     # Must outlast SQS long polling (20 s).
-    read_timeout: float = Field(default=40.0, gt=20)
+    read_timeout: StrictFloat = Field(default=40.0, gt=20)
     proxy: str | None = Field(default=None, pattern=r"^(NONE|https?://\S+)$")
 
 
 class SqsWatcherSettings(_Section):
     queue: str = Field(min_length=1, description="queue name or URL")
     table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
-    receivers: int = Field(default=4, ge=1, le=32)
-    max_batch: int = Field(default=1000, ge=1, le=10_000)
-    visibility_timeout: int = Field(default=120, ge=10, le=43_200)
-    retry_backoff_max: int = Field(default=300, ge=1, le=43_200)
-    tombstone_days: float = Field(default=7.0, gt=0)
+    receivers: StrictInt = Field(default=4, ge=1, le=32)
+    max_batch: StrictInt = Field(default=1000, ge=1, le=10_000)
+    visibility_timeout: StrictInt = Field(default=120, ge=10, le=43_200)
+    retry_backoff_max: StrictInt = Field(default=300, ge=1, le=43_200)
+    tombstone_days: StrictFloat = Field(default=7.0, gt=0)
 
 
 class SlurmSettings(_Section):
@@ -61,14 +61,14 @@ class SlurmSettings(_Section):
     feature: str = Field(default="compute", pattern=r"^[A-Za-z0-9_-]+$")
     conf: Path | None = None
     bin_dir: Path | None = None
-    command_timeout: float = Field(default=30.0, gt=0)
+    command_timeout: StrictFloat = Field(default=30.0, gt=0)
 
 
 class SupervisorSettings(_Section):
     services: list[ServiceName] = Field(default=["sqswatcher"], min_length=1)
-    stop_timeout: float = Field(default=30.0, gt=0)
-    restart_backoff_initial: float = Field(default=1.0, gt=0)
-    restart_backoff_max: float = Field(default=60.0, gt=0)
+    stop_timeout: StrictFloat = Field(default=30.0, gt=0)
+    restart_backoff_initial: StrictFloat = Field(default=1.0, gt=0)
+    restart_backoff_max: StrictFloat = Field(default=60.0, gt=0)
 
 
 class LoggingSettings(_Section):

@@ -223,19 +223,7 @@ def render(snapshot: Snapshot) -> Table:
     return table
 
 
-async def run(scenario: Scenario, console: Console, stop: asyncio.Event) -> Summary | None:
-    workdir = Path(tempfile.mkdtemp(prefix="cfncluster-demo-", dir="/var/tmp"))
-    workdir.chmod(0o755)  # slurmctld, running as the slurm user, keeps its state inside
-    log_file = workdir / "demo.log"
-    with log_file.open("w") as log_stream:
-        logs.configure("info", "json", stream=log_stream)
-        try:
-            return await _run(scenario, console, stop, workdir, log_file)
-        finally:
-            shutil.rmtree(workdir / "slurm", ignore_errors=True)
-
-
-async def _run(
+async def run(
     scenario: Scenario, console: Console, stop: asyncio.Event, workdir: Path, log_file: Path
 ) -> Summary | None:
     console.print(f"[bold]Starting moto's server and a private slurmctld[/] (work dir {workdir})")
@@ -311,15 +299,22 @@ def main(quick: bool) -> int:
     console = Console()
     outcome: list[Summary | None] = []
 
+    workdir = Path(tempfile.mkdtemp(prefix="cfncluster-demo-", dir="/var/tmp"))
+    workdir.chmod(0o755)  # slurmctld, running as the slurm user, keeps its state inside
+    log_file = workdir / "demo.log"
+
     async def entry(stop: asyncio.Event) -> None:
-        outcome.append(await run(QUICK if quick else FULL, console, stop))
+        outcome.append(await run(QUICK if quick else FULL, console, stop, workdir, log_file))
 
     try:
-        with contextlib.suppress(KeyboardInterrupt):
+        with log_file.open("w") as log_stream, contextlib.suppress(KeyboardInterrupt):
+            logs.configure("info", "json", stream=log_stream)
             supervisor.run_until_stopped(entry)
     except SlurmUnavailable as exc:
         console.print(f"[red]cannot start the demo's Slurm:[/] {exc}")
         return 1
+    finally:
+        shutil.rmtree(workdir / "slurm", ignore_errors=True)
     summary = outcome[0] if outcome else None
     if summary is None:
         return 130

@@ -42,6 +42,8 @@ class InstanceRecord:
     slots: int | None = None
     instance_type: str | None = None
     expires_at: int | None = None
+    #: When the instance last joined (its latest ready): who holds a reused hostname.
+    joined_at: datetime | None = None
 
     def to_item(self) -> dict[str, Any]:
         item: dict[str, Any] = {
@@ -50,6 +52,8 @@ class InstanceRecord:
             "eventTime": {"S": self.event_time.isoformat()},
             "updatedAt": {"S": self.updated_at.isoformat()},
         }
+        if self.joined_at is not None:
+            item["joinedAt"] = {"S": self.joined_at.isoformat()}
         strings = {
             "hostname": self.hostname,
             "address": self.address,
@@ -68,18 +72,29 @@ class InstanceRecord:
         def number(key: str) -> int | None:
             return int(item[key]["N"]) if key in item else None
 
-        # Rows written by the lineage's watcher have only instanceId and hostname.
+        # Rows written by the lineage's watcher have only instanceId and hostname: a join
+        # of long ago.
         legacy_time = "1970-01-01T00:00:00+00:00"
+        state = InstanceState(text("state") or InstanceState.READY)
+        event_time = datetime.fromisoformat(text("eventTime") or legacy_time)
+        joined = text("joinedAt")
         return cls(
             instance_id=item["instanceId"]["S"],
-            state=InstanceState(text("state") or InstanceState.READY),
-            event_time=datetime.fromisoformat(text("eventTime") or legacy_time),
+            state=state,
+            event_time=event_time,
             updated_at=datetime.fromisoformat(text("updatedAt") or legacy_time),
             hostname=text("hostname"),
             address=text("address"),
             slots=number("slots"),
             instance_type=text("instanceType"),
             expires_at=number("expiresAt"),
+            joined_at=(
+                datetime.fromisoformat(joined)
+                if joined
+                else event_time
+                if state is InstanceState.READY
+                else None
+            ),
         )
 
 

@@ -3,21 +3,24 @@
 Events arrive at least once, in any order. Each is ranked by a total order: a terminate
 outranks everything (an instance never comes back), then join and leave by event time,
 and a launch only ever creates a row. The instance table keeps the rank of the state it
-holds, so an event that ranks lower is superseded whatever batch it arrives in: any
-duplication or reordering of the same events ends in the same table and scheduler state.
+holds, so an event that ranks lower is superseded whatever batch it arrives in.
+
+Hostnames come from private IPs, which are reused: one name can appear in the rows of
+several instances. The name belongs to the row that names it with the latest event; it
+is registered only if that row is a join. Both rules depend on the set of rows alone,
+never on the order they were written in, so any duplication or reordering of the same
+events ends in the same table and the same scheduler hosts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from cfncluster_node.instances import InstanceRecord, InstanceState
 from cfncluster_node.messages import EventKind, InstanceEvent
 from cfncluster_node.schedulers import Host
-
-LIFECYCLE = frozenset({EventKind.LAUNCH, EventKind.READY, EventKind.LEAVE, EventKind.TERMINATE})
 
 _STATE_OF = {
     EventKind.LAUNCH: InstanceState.LAUNCHED,
@@ -45,16 +48,59 @@ def event_rank(event: InstanceEvent) -> Rank:
     return rank(_STATE_OF[event.kind], event.time)
 
 
-def coalesce(events: Iterable[InstanceEvent]) -> dict[str, InstanceEvent]:
-    """The highest-ranked lifecycle event of each instance."""
-    winners: dict[str, InstanceEvent] = {}
-    for event in events:
-        if event.kind not in LIFECYCLE:
-            continue
-        best = winners.get(event.instance_id)
-        if best is None or event_rank(event) > event_rank(best):
-            winners[event.instance_id] = event
-    return winners
+def coalesce(events: Iterable[InstanceEvent]) -> dict[str, list[InstanceEvent]]:
+    """Each instance's distinct events, lowest rank first: the last one is the winner.
+
+    The others still count: a terminate carries no hostname, and the tombstone learns it
+    from a join in the same batch, as it would had the join come in an earlier one.
+    """
+    grouped: dict[str, list[InstanceEvent]] = {}
+    for event in dict.fromkeys(events):
+        grouped.setdefault(event.instance_id, []).append(event)
+    return {i: sorted(evs, key=event_rank) for i, evs in grouped.items()}
+
+
+class Hostnames:
+    """Which instance each hostname belongs to, from the rows that name it."""
+
+    def __init__(self, records: Iterable[InstanceRecord] = ()) -> None:
+        self._rows: dict[str, dict[str, InstanceRecord]] = {}
+        self._name_of: dict[str, str] = {}
+        for record in records:
+            self.note(record)
+
+    def copy(self) -> Hostnames:
+        other = Hostnames()
+        other._rows = {name: dict(rows) for name, rows in self._rows.items()}
+        other._name_of = dict(self._name_of)
+        return other
+
+    def note(self, record: InstanceRecord) -> None:
+        """Take a row just written (the latest of its instance) into account."""
+        previous = self._name_of.pop(record.instance_id, None)
+        if previous is not None:
+            rows = self._rows[previous]
+            del rows[record.instance_id]
+            if not rows:
+                del self._rows[previous]
+        if record.hostname is not None:
+            self._rows.setdefault(record.hostname, {})[record.instance_id] = record
+            self._name_of[record.instance_id] = record.hostname
+
+    def owner(self, hostname: str) -> str | None:
+        """The instance the host is registered for, or None if it should not exist.
+
+        The name belongs to the instance that joined with it last; while that instance
+        is not joined (it left, or is gone), the name is nobody's.
+        """
+        joined = [r for r in self._rows.get(hostname, {}).values() if r.joined_at is not None]
+        if not joined:
+            return None
+        latest = max(joined, key=lambda r: (r.joined_at, r.instance_id))
+        return latest.instance_id if latest.state is InstanceState.READY else None
+
+    def __len__(self) -> int:
+        return sum(1 for name in self._rows if self.owner(name) is not None)
 
 
 @dataclass(frozen=True)
@@ -68,6 +114,7 @@ class Decision:
 
 @dataclass
 class Plan:
+    hostnames: Hostnames
     records: list[InstanceRecord] = field(default_factory=list)
     register: list[Host] = field(default_factory=list)
     unregister: dict[str, str] = field(default_factory=dict)  # hostname -> instance id
@@ -75,9 +122,9 @@ class Plan:
 
 
 def plan(
-    events: Mapping[str, InstanceEvent],
+    events: Mapping[str, Sequence[InstanceEvent]],
     records: Mapping[str, InstanceRecord],
-    owners: Mapping[str, str],
+    hostnames: Hostnames,
     *,
     now: datetime,
     default_slots: int,
@@ -85,38 +132,37 @@ def plan(
 ) -> Plan:
     """Decide the rows to write and the hosts to add and remove for coalesced events.
 
-    ``owners`` maps each registered hostname to its instance: a host whose name was taken
-    over by a newer instance (private IPs are reused) is never removed for the old one.
     The plan enforces the final state even when the row already holds it, so a batch that
-    failed half-way is completed by its redelivery.
+    failed half-way is completed by its redelivery. ``Plan.hostnames`` is ``hostnames``
+    after the plan's rows are written.
     """
-    result = Plan()
-    for instance_id, event in sorted(events.items()):
+    after = hostnames.copy()
+    finals: dict[str, tuple[InstanceEvent, InstanceRecord | None, InstanceRecord]] = {}
+    result = Plan(after)
+    for instance_id, history in sorted(events.items()):
         current = records.get(instance_id)
-        new = _apply(event, current, now=now, tombstone_for=tombstone_for)
-        if new is not None and current is not None and _same_facts(new, current):
-            new = current
-        final = new or current
+        final = current
+        for event in history:
+            final = _apply(event, final, now=now, tombstone_for=tombstone_for)
         assert final is not None
-        if new is not None and new is not current:
+        if current is not None and _same_facts(final, current):
+            final = current
+        else:
             result.records.append(final)
-        result.decisions.append(_decision(event, current, new, final))
-        if final.hostname is None:
-            continue
-        if final.state is InstanceState.READY:
-            slots = final.slots or default_slots
-            result.register.append(Host(final.hostname, slots, final.address, instance_id))
-        elif (
-            final.state in (InstanceState.LEFT, InstanceState.TERMINATED)
-            and owners.get(final.hostname, instance_id) == instance_id
-        ):
-            result.unregister[final.hostname] = instance_id
-        renamed = current is not None and current.hostname not in (None, final.hostname)
-        if renamed and owners.get(current.hostname, instance_id) == instance_id:  # type: ignore[union-attr,arg-type]
-            # The instance re-joined under another name: its old name goes.
-            result.unregister[current.hostname] = instance_id  # type: ignore[union-attr,index]
-    taken = {host.hostname for host in result.register}
-    result.unregister = {h: i for h, i in result.unregister.items() if h not in taken}
+        after.note(final)
+        finals[instance_id] = (history[-1], current, final)
+    for instance_id, (event, current, final) in finals.items():
+        names = {final.hostname, current.hostname if current else None} - {None}
+        owned = False
+        for name in sorted(n for n in names if n is not None):
+            owner = after.owner(name)
+            if owner == instance_id and name == final.hostname:
+                owned = True
+                slots = final.slots or default_slots
+                result.register.append(Host(name, slots, final.address, instance_id))
+            elif owner is None:
+                result.unregister[name] = instance_id
+        result.decisions.append(_decision(event, current, final, owned=owned))
     return result
 
 
@@ -126,20 +172,33 @@ def _apply(
     *,
     now: datetime,
     tombstone_for: timedelta,
-) -> InstanceRecord | None:
-    """The row after ``event``, or None when the event is superseded by the row."""
+) -> InstanceRecord:
+    """The row after ``event``."""
     state = _STATE_OF[event.kind]
-    if current is not None and rank(current.state, current.event_time) > event_rank(event):
-        return None
-    if state is InstanceState.LAUNCHED and current is not None:
-        return None
-    if state is InstanceState.TERMINATED:
+    joined = event.time if state is InstanceState.READY else None
+    if current is not None and _superseded(event, current):
+        # Superseded, but what the event knows still counts: which name the instance had
+        # and when it joined. Then the row does not depend on the order events came in.
+        return replace(
+            current,
+            hostname=current.hostname or event.hostname,
+            address=current.address or event.address,
+            slots=current.slots or event.slots,
+            instance_type=current.instance_type or event.instance_type,
+            joined_at=_latest(current.joined_at, joined),
+            updated_at=now,
+        )
+    if state is InstanceState.LEFT or state is InstanceState.TERMINATED:
         base = current or InstanceRecord(event.instance_id, state, event.time, now)
-        expires = int((now + tombstone_for).timestamp())
-        return replace(base, state=state, event_time=event.time, updated_at=now, expires_at=expires)
-    if state is InstanceState.LEFT:
-        base = current or InstanceRecord(event.instance_id, state, event.time, now)
-        return replace(base, state=state, event_time=event.time, updated_at=now)
+        terminated = state is InstanceState.TERMINATED
+        return replace(
+            base,
+            state=state,
+            event_time=event.time,
+            updated_at=now,
+            hostname=base.hostname or event.hostname,
+            expires_at=int((now + tombstone_for).timestamp()) if terminated else None,
+        )
     return InstanceRecord(
         instance_id=event.instance_id,
         state=state,
@@ -149,6 +208,17 @@ def _apply(
         address=event.address,
         slots=event.slots,
         instance_type=event.instance_type or (current.instance_type if current else None),
+        joined_at=_latest(current.joined_at if current else None, joined),
+    )
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return max(a, b) if a is not None and b is not None else a or b
+
+
+def _superseded(event: InstanceEvent, current: InstanceRecord) -> bool:
+    return event.kind is EventKind.LAUNCH or rank(current.state, current.event_time) > event_rank(
+        event
     )
 
 
@@ -159,16 +229,17 @@ def _same_facts(a: InstanceRecord, b: InstanceRecord) -> bool:
 def _decision(
     event: InstanceEvent,
     current: InstanceRecord | None,
-    new: InstanceRecord | None,
     final: InstanceRecord,
+    *,
+    owned: bool,
 ) -> Decision:
-    if new is None:
-        superseded_by_terminate = current is not None and (
-            current.state is InstanceState.TERMINATED
-        )
+    if current is not None and _superseded(event, current):
+        superseded_by_terminate = current.state is InstanceState.TERMINATED
         name = "event_after_terminate_ignored" if superseded_by_terminate else "event_superseded"
-    elif new is current:
+    elif current is final:
         name = "event_already_applied"
+    elif final.state is InstanceState.READY and not owned:
+        name = "hostname_taken_by_newer_instance"
     else:
         name = {
             InstanceState.LAUNCHED: "instance_launched",
@@ -177,22 +248,3 @@ def _decision(
             InstanceState.TERMINATED: "instance_terminated",
         }[final.state]
     return Decision(name, event.instance_id, final.hostname)
-
-
-def update_owners(owners: dict[str, str], records: Iterable[InstanceRecord]) -> None:
-    """Keep the hostname -> instance map in step with rows just written."""
-    for record in records:
-        if record.hostname is None:
-            continue
-        if record.state is InstanceState.READY:
-            owners[record.hostname] = record.instance_id
-        elif owners.get(record.hostname) == record.instance_id:
-            del owners[record.hostname]
-
-
-def owners_of(records: Iterable[InstanceRecord]) -> dict[str, str]:
-    owners: dict[str, str] = {}
-    # Oldest first, so the newest registration of a reused name wins.
-    live = (r for r in records if r.state is InstanceState.READY)
-    update_owners(owners, sorted(live, key=lambda r: r.event_time))
-    return owners

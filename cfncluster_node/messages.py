@@ -19,18 +19,14 @@ from typing import Any
 
 class EventKind(StrEnum):
     LAUNCH = "launch"
-    LAUNCH_ERROR = "launch_error"
     TERMINATE = "terminate"
-    TERMINATE_ERROR = "terminate_error"
     READY = "ready"
     LEAVE = "leave"
 
 
 EVENT_NAMES: dict[str, EventKind] = {
     "autoscaling:EC2_INSTANCE_LAUNCH": EventKind.LAUNCH,
-    "autoscaling:EC2_INSTANCE_LAUNCH_ERROR": EventKind.LAUNCH_ERROR,
     "autoscaling:EC2_INSTANCE_TERMINATE": EventKind.TERMINATE,
-    "autoscaling:EC2_INSTANCE_TERMINATE_ERROR": EventKind.TERMINATE_ERROR,
     "cfncluster:COMPUTE_READY": EventKind.READY,
     "parallelcluster:COMPUTE_READY": EventKind.READY,
     # Sent by this project's compute nodes at a clean shutdown; older nodes never send it.
@@ -39,6 +35,11 @@ EVENT_NAMES: dict[str, EventKind] = {
 READY_EVENT = "cfncluster:COMPUTE_READY"
 LEAVE_EVENT = "cfncluster:COMPUTE_LEAVE"
 TEST_EVENT = "autoscaling:TEST_NOTIFICATION"
+# Failed scaling activities: worth a warning, nothing to register (the instance id may be "").
+ERROR_EVENTS = {
+    "autoscaling:EC2_INSTANCE_LAUNCH_ERROR": "launch_error",
+    "autoscaling:EC2_INSTANCE_TERMINATE_ERROR": "terminate_error",
+}
 
 MAX_SLOTS = 100_000
 _INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
@@ -59,15 +60,17 @@ class InstanceEvent:
     address: str | None = None
     slots: int | None = None
     instance_type: str | None = None
-    detail: str | None = None
 
 
 @dataclass(frozen=True)
 class Dropped:
-    """A well-formed message that asks for nothing (a TEST notification, an unknown event)."""
+    """A well-formed message that asks for nothing: a TEST notification, an unknown event,
+    a failed scaling activity (``instance_id`` and ``detail`` say which and why)."""
 
     reason: str
     event: str
+    instance_id: str | None = None
+    detail: str | None = None
 
 
 def parse(body: str, sent_at: datetime) -> InstanceEvent | Dropped:
@@ -84,6 +87,11 @@ def parse(body: str, sent_at: datetime) -> InstanceEvent | Dropped:
         raise MessageError("no 'Event' field")
     if name == TEST_EVENT:
         return Dropped("test_notification", name)
+    if name in ERROR_EVENTS:
+        given = inner.get("EC2InstanceId")
+        return Dropped(
+            ERROR_EVENTS[name], name, instance_id(given) if given else None, _detail(inner)
+        )
     kind = EVENT_NAMES.get(name)
     if kind is None:
         return Dropped("unknown_event", name)
@@ -96,12 +104,11 @@ def parse(body: str, sent_at: datetime) -> InstanceEvent | Dropped:
         address=_optional(address, inner.get("LocalIpv4")),
         slots=_optional(slots, inner.get("Slots")),
         instance_type=_optional(instance_type, inner.get("EC2InstanceType")),
-        detail=_detail(inner),
     )
 
 
 def instance_id(value: object) -> str:
-    if not isinstance(value, str) or not _INSTANCE_ID.match(value):
+    if not isinstance(value, str) or not _INSTANCE_ID.fullmatch(value):
         raise MessageError(f"'EC2InstanceId' is not an instance id: {value!r:.80}")
     return value
 
@@ -111,16 +118,20 @@ def short_hostname(value: object) -> str:
     if not isinstance(value, str) or not 0 < len(value) <= 253:
         raise MessageError(f"'LocalHostname' is not a hostname: {value!r:.80}")
     labels = value.lower().rstrip(".").split(".")
-    if not all(_LABEL.match(label) for label in labels):
+    if not all(_LABEL.fullmatch(label) for label in labels):
         raise MessageError(f"'LocalHostname' is not a hostname: {value!r:.80}")
     return labels[0]
 
 
 def address(value: object) -> str:
     try:
-        return str(ipaddress.ip_address(str(value)))
+        parsed = ipaddress.ip_address(str(value))
     except ValueError:
-        raise MessageError(f"'LocalIpv4' is not an IP address: {value!r:.80}") from None
+        parsed = None
+    # A scope id ("fe80::1%eth0") is free text: it must not reach a command line.
+    if parsed is None or getattr(parsed, "scope_id", None):
+        raise MessageError(f"'LocalIpv4' is not an IP address: {value!r:.80}")
+    return str(parsed)
 
 
 def slots(value: object) -> int:
@@ -128,13 +139,14 @@ def slots(value: object) -> int:
     text = (
         str(value).strip() if isinstance(value, str | int) and not isinstance(value, bool) else ""
     )
-    if not text.isdigit() or not 1 <= int(text) <= MAX_SLOTS:
+    digits = text.isascii() and text.isdigit() and len(text) <= len(str(MAX_SLOTS))
+    if not digits or not 1 <= int(text) <= MAX_SLOTS:
         raise MessageError(f"'Slots' is not a slot count from 1 to {MAX_SLOTS}: {value!r:.80}")
     return int(text)
 
 
 def instance_type(value: object) -> str:
-    if not isinstance(value, str) or not _INSTANCE_TYPE.match(value):
+    if not isinstance(value, str) or not _INSTANCE_TYPE.fullmatch(value):
         raise MessageError(f"'EC2InstanceType' is not an instance type: {value!r:.80}")
     return value
 
@@ -146,7 +158,7 @@ def _optional(validate: Any, value: object) -> Any:
 def _json_object(text: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise MessageError(f"{what} is not JSON") from None
     if not isinstance(value, dict):
         raise MessageError(f"{what} is not a JSON object")

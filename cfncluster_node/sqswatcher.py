@@ -80,13 +80,13 @@ class SqsWatcher:
         self._scheduler = scheduler
         self._burst = burst
         self._log = logs.get()
-        self._owners: dict[str, str] = {}
+        self._hostnames = lifecycle.Hostnames()
         self._held: dict[str, Received] = {}
         self._room = asyncio.Condition()
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = await self._open_queue()
-        self._owners = lifecycle.owners_of(await self._table.scan())
+        self._hostnames = lifecycle.Hostnames(await self._table.scan())
         self._held = {}
         inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._log.info(
@@ -94,7 +94,7 @@ class SqsWatcher:
             queue_url=queue.url,
             dead_letter_url=queue.dead_letter_url,
             receivers=self._settings.receivers,
-            hosts_known=len(self._owners),
+            hosts_known=len(self._hostnames),
         )
         async with asyncio.TaskGroup() as group:
             receivers = [
@@ -204,11 +204,11 @@ class SqsWatcher:
                 await self._dead_letter(queue, message, str(exc))
                 continue
             if isinstance(parsed, messages.Dropped):
-                log.info("message_dropped", reason=parsed.reason, event_name=parsed.event)
-                done.append(message)
-            elif parsed.kind in (EventKind.LAUNCH_ERROR, EventKind.TERMINATE_ERROR):
-                log.warning(
-                    f"autoscaling_{parsed.kind.value}",
+                level = log.warning if parsed.reason in messages.ERROR_EVENTS.values() else log.info
+                level(
+                    "message_dropped",
+                    reason=parsed.reason,
+                    event_name=parsed.event,
                     instance_id=parsed.instance_id,
                     detail=parsed.detail,
                 )
@@ -236,12 +236,12 @@ class SqsWatcher:
 
     async def _apply_events(self, events: list[InstanceEvent]) -> set[str]:
         """Apply events; return the instances whose effect did not happen (to retry)."""
-        winners = lifecycle.coalesce(await self._with_hostnames(events))
+        winners = lifecycle.coalesce(await self._named_from_ec2(events))
         records = await self._table.get_many(winners)
         plan = lifecycle.plan(
             winners,
             records,
-            self._owners,
+            self._hostnames,
             now=datetime.now(UTC),
             default_slots=self._cluster.default_slots,
             tombstone_for=timedelta(days=self._settings.tombstone_days),
@@ -249,7 +249,7 @@ class SqsWatcher:
         # Rows first: a crash after this leaves a row that the redelivered message
         # completes, and a later terminate finds the hostname it must remove.
         await self._table.put_many(plan.records)
-        lifecycle.update_owners(self._owners, plan.records)
+        self._hostnames = plan.hostnames
         failed = await _isolating(
             self._scheduler.remove_hosts, list(plan.unregister.items()), self._log
         )
@@ -265,7 +265,7 @@ class SqsWatcher:
                 )
         return failed
 
-    async def _with_hostnames(self, events: list[InstanceEvent]) -> list[InstanceEvent]:
+    async def _named_from_ec2(self, events: list[InstanceEvent]) -> list[InstanceEvent]:
         """Old compute nodes may not say their hostname: ask EC2 for it."""
         unnamed = sorted(
             {e.instance_id for e in events if e.kind is EventKind.READY and not e.hostname}

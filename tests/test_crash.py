@@ -75,7 +75,9 @@ async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
     first = start_watcher(config, moto, log)
     try:
         for start in range(0, JOINS, 20):
-            await send_messages(aws, cluster.queue_url, [ready(n) for n in range(start, start + 20)])
+            await send_messages(
+                aws, cluster.queue_url, [ready(n) for n in range(start, start + 20)]
+            )
 
         async def half_registered() -> bool:
             return len(await slurm_hosts(slurm)) >= JOINS // 4

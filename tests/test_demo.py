@@ -9,7 +9,9 @@ import sys
 def test_quick_demo_converges_and_reports_ok() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cfncluster_node", "demo", "--quick"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo_result=ok" in result.stdout

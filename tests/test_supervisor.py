@@ -10,9 +10,7 @@ import structlog
 from cfncluster_node.config import SupervisorSettings
 from cfncluster_node.supervisor import supervise
 
-FAST = SupervisorSettings(
-    restart_backoff_initial=0.01, restart_backoff_max=0.04, stop_timeout=0.5
-)
+FAST = SupervisorSettings(restart_backoff_initial=0.01, restart_backoff_max=0.04, stop_timeout=0.5)
 
 
 class Crashing:
@@ -21,11 +19,13 @@ class Crashing:
     def __init__(self, crashes: int) -> None:
         self.crashes = crashes
         self.starts: list[float] = []
+        self.survived = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> None:
         self.starts.append(time.monotonic())
         if len(self.starts) <= self.crashes:
             raise RuntimeError(f"crash {len(self.starts)}")
+        self.survived.set()
         await stop.wait()
 
 
@@ -51,8 +51,7 @@ async def test_crashed_service_restarts_with_growing_backoff_while_others_run() 
     crashing, steady, stop = Crashing(crashes=4), Steady(), asyncio.Event()
     with structlog.testing.capture_logs() as records:
         task = asyncio.create_task(supervise([crashing, steady], stop, FAST))
-        while len(crashing.starts) < 5:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(crashing.survived.wait(), 2)
         stop.set()
         await asyncio.wait_for(task, 2)
 
