@@ -135,6 +135,17 @@ class LocalSlurm:
         )
         return result.stdout
 
+    def sbatch(self, *args: str) -> str:
+        """Submit a job as root; returns its id."""
+        result = subprocess.run(
+            ["sbatch", "--parsable", *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip().split(";")[0]
+
     def reset(self) -> None:
         """Delete every dynamic node and job, so each test starts from an empty cluster."""
         subprocess.run(["scancel", "--full", "-u", "root"], env=self._env(), capture_output=True)
