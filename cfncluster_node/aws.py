@@ -9,7 +9,6 @@ and the benchmarks reach moto's server through exactly the production code path.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
@@ -18,8 +17,6 @@ from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from cfncluster_node.config import AwsSettings
-
-CallRecorder = Callable[[str, str], None]
 
 
 class AwsError(Exception):
@@ -31,16 +28,10 @@ class AwsError(Exception):
 
 
 class Aws:
-    """Opened with ``async with``; clients are created on first use and closed at exit.
+    """Opened with ``async with``; clients are created on first use and closed at exit."""
 
-    ``recorder`` sees every (service, operation) called: the least-privilege test uses it.
-    """
-
-    def __init__(
-        self, settings: AwsSettings, region: str, *, recorder: CallRecorder | None = None
-    ) -> None:
+    def __init__(self, settings: AwsSettings, region: str) -> None:
         self._region = region
-        self._recorder = recorder
         proxies = (
             {"http": settings.proxy, "https": settings.proxy}
             if settings.proxy and settings.proxy != "NONE"
@@ -81,8 +72,6 @@ class Aws:
     async def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
         """Call ``operation`` (snake_case) and turn any SDK failure into AwsError."""
         client = await self.client(service)
-        if self._recorder is not None:
-            self._recorder(service, operation)
         try:
             response: dict[str, Any] = await getattr(client, operation)(**params)
         except ClientError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from cfncluster_node.instances import InstanceState, InstanceTable
 from cfncluster_node.localaws import ClusterResources, publish_autoscaling, send_messages
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import LEAVE_EVENT, READY_EVENT, compute_notice
+from cfncluster_node.schedulers import Host, Scheduler
 from cfncluster_node.schedulers.slurm import Slurm
 from cfncluster_node.sqswatcher import SqsWatcher
 
@@ -44,20 +46,19 @@ def ready(n: int, *, at: datetime = T0, hostname: str | None = None, prefix: str
 async def drain(
     aws: Aws,
     cluster: ClusterResources,
-    slurm_settings: SlurmSettings,
+    scheduler: SlurmSettings | Scheduler,
     **settings: Any,
-) -> SqsWatcher:
+) -> None:
     """Run a watcher in burst mode until the queue has nothing visible left."""
     watcher = SqsWatcher(
         aws,
         SqsWatcherSettings(queue=cluster.queue_url, table=cluster.table, **settings),
         ClusterSettings(stack_name="test", region="us-east-1"),
         InstanceTable(aws, cluster.table),
-        Slurm(slurm_settings),
+        Slurm(scheduler) if isinstance(scheduler, SlurmSettings) else scheduler,
         burst=True,
     )
     await asyncio.wait_for(watcher.run(asyncio.Event()), 60)
-    return watcher
 
 
 def unreachable_slurm(directory: Path) -> SlurmSettings:
@@ -345,3 +346,31 @@ async def test_a_burst_of_joins_and_leaves_ends_exactly_right(
     assert states == {
         instance(n): InstanceState.LEFT if n <= 30 else InstanceState.READY for n in range(1, 61)
     }
+
+
+class SlowSlurm(Slurm):
+    """The real Slurm, but registering takes longer than a message stays invisible."""
+
+    def __init__(self, settings: SlurmSettings, delay: float) -> None:
+        super().__init__(settings)
+        self.delay = delay
+
+    async def add_hosts(self, hosts: Sequence[Host]) -> None:
+        await asyncio.sleep(self.delay)
+        await super().add_hosts(hosts)
+
+
+async def test_a_long_update_keeps_its_message_invisible_until_it_is_done(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
+) -> None:
+    await send_messages(aws, cluster.queue_url, [ready(1)])
+    slow = SlowSlurm(slurm.settings, delay=14)
+    watcher = asyncio.create_task(drain(aws, cluster, slow, visibility_timeout=10))
+
+    await asyncio.sleep(12)  # past the visibility timeout the message was received with
+    stolen = await aws.call("sqs", "receive_message", QueueUrl=cluster.queue_url)
+    await watcher
+
+    assert stolen.get("Messages", []) == []
+    assert await slurm_hosts(slurm) == {"ip-10-0-0-1": "127.0.1.1"}
+    assert await queue_depth(aws, cluster.queue_url) == 0
