@@ -24,7 +24,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        print(f"cfncluster-node: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"cfncluster-node: {line}", file=sys.stderr)
         return EXIT_CONFIG
     except (AwsError, announce.AnnounceError) as exc:
         print(f"cfncluster-node: {exc}", file=sys.stderr)

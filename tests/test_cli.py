@@ -1,0 +1,66 @@
+"""The command line as an operator meets it: configuration errors and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def cfncluster_node(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cfncluster_node", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_missing_config_file_exits_2_naming_the_file_and_the_fix(tmp_path: Path) -> None:
+    missing = tmp_path / "node.toml"
+
+    result = cfncluster_node("sqswatcher", "--config", str(missing))
+
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"cfncluster-node: {missing}: no such file; pass --config PATH or set "
+        "CFNCLUSTER_NODE_CONFIG"
+    )
+
+
+def test_every_bad_key_is_one_line_naming_file_key_expected_and_found(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[cluster]\nstack_name = "c1"\nregion = "us-east-1"\n'
+        '[sqswatcher]\nqueue = "q"\ntable = "jobs"\nreceivers = "four"\nvisibilty_timeout = 30\n'
+    )
+
+    result = cfncluster_node("run", "--config", str(config))
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"cfncluster-node: {config}: key 'sqswatcher.receivers': expected a valid integer, "
+        "found 'four'",
+        f"cfncluster-node: {config}: unknown key 'sqswatcher.visibilty_timeout' "
+        "(did you mean 'visibility_timeout'?)",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_prints_the_defaults_it_filled_in(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[cluster]\nstack_name = "c1"\nregion = "us-east-1"\n'
+        '[sqswatcher]\nqueue = "q"\ntable = "jobs"\n'
+    )
+
+    result = cfncluster_node(
+        "check-config", env={"CFNCLUSTER_NODE_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert '"receivers": 4' in result.stdout
+    assert '"retry_mode": "adaptive"' in result.stdout
