@@ -38,9 +38,14 @@ def free_port() -> int:
 
 
 class MotoServer:
-    """``with MotoServer() as moto:`` starts moto_server on a free loopback port."""
+    """``with MotoServer() as moto:`` starts moto's server on a free loopback port.
 
-    def __init__(self) -> None:
+    ``stock=False`` (the default) runs it with the SQS fixes of ``motoserver``: without
+    them moto loses and duplicates messages under concurrent receivers and deletes.
+    """
+
+    def __init__(self, *, stock: bool = False) -> None:
+        self.module = "moto.server" if stock else "cfncluster_node.motoserver"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
@@ -51,7 +56,7 @@ class MotoServer:
 
     def start(self) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            [sys.executable, "-m", self.module, "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

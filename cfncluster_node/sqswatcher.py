@@ -106,7 +106,7 @@ class SqsWatcher:
                 group.create_task(_stop_when_set(stop, inbox)),
                 group.create_task(_stop_when_done(receivers, inbox)),
             ]
-            await self._apply_loop(queue, inbox, stop)
+            await self._apply_loop(queue, inbox, stop, group)
             for task in [*receivers, heartbeat, *watchers]:
                 task.cancel()
         await self._release(queue, self._held.values())
@@ -175,7 +175,11 @@ class SqsWatcher:
             await self._set_visibility(queue, due, lambda _: self._settings.visibility_timeout)
 
     async def _apply_loop(
-        self, queue: Queue, inbox: asyncio.Queue[Any], stop: asyncio.Event
+        self,
+        queue: Queue,
+        inbox: asyncio.Queue[Any],
+        stop: asyncio.Event,
+        group: asyncio.TaskGroup,
     ) -> None:
         while not stop.is_set():
             first = await inbox.get()
@@ -188,11 +192,19 @@ class SqsWatcher:
                     inbox.put_nowait(item)
                     break
                 batch.append(item)
-            await self._apply(queue, batch)
-            async with self._room:
-                self._room.notify_all()
+            done, retry = await self._apply(queue, batch)
+            # The effects are durable: the next batch need not wait for the deletes.
+            group.create_task(self._settle(queue, done, retry))
 
-    async def _apply(self, queue: Queue, batch: list[Received]) -> None:
+    async def _settle(self, queue: Queue, done: list[Received], retry: list[Received]) -> None:
+        await asyncio.gather(self._delete(queue, done), self._retry(queue, retry))
+        async with self._room:
+            self._room.notify_all()
+
+    async def _apply(
+        self, queue: Queue, batch: list[Received]
+    ) -> tuple[list[Received], list[Received]]:
+        """Apply a batch; return the messages to delete and those to retry."""
         started = time.monotonic()
         done: list[Received] = []
         events: list[tuple[Received, InstanceEvent]] = []
@@ -224,15 +236,14 @@ class SqsWatcher:
                 failed = {event.instance_id for _, event in events}
         done += [message for message, event in events if event.instance_id not in failed]
         retry = [message for message, event in events if event.instance_id in failed]
-        await self._delete(queue, done)
-        await self._retry(queue, retry)
         self._log.info(
             "batch_applied",
             messages=len(batch),
-            deleted=len(done),
+            done=len(done),
             retried=len(retry),
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
+        return done, retry
 
     async def _apply_events(self, events: list[InstanceEvent]) -> set[str]:
         """Apply events; return the instances whose effect did not happen (to retry)."""
