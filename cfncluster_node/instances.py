@@ -10,18 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from cfncluster_node.aws import Aws, AwsError
 
 _GET_CHUNK = 100  # BatchGetItem's limit
-_WRITE_CHUNK = 25  # BatchWriteItem's limit
+_WRITE_CHUNK = 100  # TransactWriteItems' limit
 _WRITERS = 4
 _UNPROCESSED_ATTEMPTS = 8
+
+
+# The time given to rows written by the lineage, which have none.
+LEGACY_TIME = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class InstanceState(StrEnum):
@@ -74,7 +78,7 @@ class InstanceRecord:
 
         # Rows written by the lineage's watcher have only instanceId and hostname: a join
         # of long ago.
-        legacy_time = "1970-01-01T00:00:00+00:00"
+        legacy_time = LEGACY_TIME.isoformat()
         state = InstanceState(text("state") or InstanceState.READY)
         event_time = datetime.fromisoformat(text("eventTime") or legacy_time)
         joined = text("joinedAt")
@@ -128,29 +132,43 @@ class InstanceTable:
             await _backoff(attempt)
         raise AwsError("dynamodb", "batch_get_item", "UnprocessedKeys", "throttled too long")
 
-    async def put_many(self, records: Sequence[InstanceRecord]) -> None:
+    async def put_many(
+        self, records: Sequence[InstanceRecord], read: Mapping[str, InstanceRecord]
+    ) -> None:
+        """Write rows, each only if the table still holds the row ``read`` (or none).
+
+        Conditional, so a second writer (an operator's one-off run beside the daemon)
+        can never overwrite a newer state with one planned from an older read: the write
+        fails with a TransactionCanceledException and the batch is planned again.
+        """
         chunks = [records[i : i + _WRITE_CHUNK] for i in range(0, len(records), _WRITE_CHUNK)]
         limit = asyncio.Semaphore(_WRITERS)
 
         async def write(chunk: Sequence[InstanceRecord]) -> None:
             async with limit:
-                await self._write_chunk(chunk)
+                await self._aws.call(
+                    "dynamodb",
+                    "transact_write_items",
+                    TransactItems=[self._put(r, read.get(r.instance_id)) for r in chunk],
+                )
 
-        async with asyncio.TaskGroup() as group:
-            for chunk in chunks:
-                group.create_task(write(chunk))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for chunk in chunks:
+                    group.create_task(write(chunk))
+        except* AwsError as failed:
+            raise failed.exceptions[0] from None
 
-    async def _write_chunk(self, records: Sequence[InstanceRecord]) -> None:
-        request: dict[str, Any] = {
-            self.name: [{"PutRequest": {"Item": record.to_item()}} for record in records]
-        }
-        for attempt in range(_UNPROCESSED_ATTEMPTS):
-            response = await self._aws.call("dynamodb", "batch_write_item", RequestItems=request)
-            request = response.get("UnprocessedItems") or {}
-            if not request:
-                return
-            await _backoff(attempt)
-        raise AwsError("dynamodb", "batch_write_item", "UnprocessedItems", "throttled too long")
+    def _put(self, record: InstanceRecord, seen: InstanceRecord | None) -> dict[str, Any]:
+        put: dict[str, Any] = {"TableName": self.name, "Item": record.to_item()}
+        if seen is None:
+            put["ConditionExpression"] = "attribute_not_exists(instanceId)"
+        elif seen.updated_at == LEGACY_TIME:
+            put["ConditionExpression"] = "attribute_not_exists(updatedAt)"
+        else:
+            put["ConditionExpression"] = "updatedAt = :seen"
+            put["ExpressionAttributeValues"] = {":seen": {"S": seen.updated_at.isoformat()}}
+        return {"Put": put}
 
     async def scan(self) -> list[InstanceRecord]:
         records: list[InstanceRecord] = []

@@ -259,7 +259,7 @@ class SqsWatcher:
         )
         # Rows first: a crash after this leaves a row that the redelivered message
         # completes, and a later terminate finds the hostname it must remove.
-        await self._table.put_many(plan.records)
+        await self._table.put_many(plan.records, read=records)
         self._hostnames = plan.hostnames
         failed = await _isolating(
             self._scheduler.remove_hosts, list(plan.unregister.items()), self._log

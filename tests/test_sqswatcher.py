@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,7 +14,7 @@ import structlog
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, SlurmSettings, SqsWatcherSettings
-from cfncluster_node.instances import InstanceState, InstanceTable
+from cfncluster_node.instances import InstanceRecord, InstanceState, InstanceTable
 from cfncluster_node.localaws import ClusterResources, publish_autoscaling, send_messages
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import LEAVE_EVENT, READY_EVENT, compute_notice
@@ -47,6 +47,8 @@ async def drain(
     aws: Aws,
     cluster: ClusterResources,
     scheduler: SlurmSettings | Scheduler,
+    *,
+    table: InstanceTable | None = None,
     **settings: Any,
 ) -> None:
     """Run a watcher in burst mode until the queue has nothing visible left."""
@@ -54,7 +56,7 @@ async def drain(
         aws,
         SqsWatcherSettings(queue=cluster.queue_url, table=cluster.table, **settings),
         ClusterSettings(stack_name="test", region="us-east-1"),
-        InstanceTable(aws, cluster.table),
+        table or InstanceTable(aws, cluster.table),
         Slurm(scheduler) if isinstance(scheduler, SlurmSettings) else scheduler,
         burst=True,
     )
@@ -373,4 +375,45 @@ async def test_a_long_update_keeps_its_message_invisible_until_it_is_done(
 
     assert stolen.get("Messages", []) == []
     assert await slurm_hosts(slurm) == {"ip-10-0-0-1": "127.0.1.1"}
+    assert await queue_depth(aws, cluster.queue_url) == 0
+
+
+class RacedTable(InstanceTable):
+    """The real table, and another writer that terminates an instance right after a read."""
+
+    def __init__(self, aws: Aws, name: str, instance_id: str) -> None:
+        super().__init__(aws, name)
+        self.victim = instance_id
+        self.raced = False
+
+    async def get_many(self, instance_ids: Iterable[str]) -> dict[str, InstanceRecord]:
+        rows = await super().get_many(instance_ids)
+        if not self.raced:
+            self.raced = True
+            tombstone = InstanceRecord(
+                self.victim,
+                InstanceState.TERMINATED,
+                T0 + timedelta(minutes=9),
+                T0,
+                hostname="ip-10-0-0-1",
+            )
+            await super().put_many([tombstone], read=rows)
+        return rows
+
+
+async def test_a_row_changed_by_another_writer_meanwhile_is_planned_again(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
+) -> None:
+    await send_messages(aws, cluster.queue_url, [ready(1)])
+    raced = RacedTable(aws, cluster.table, instance(1))
+    with structlog.testing.capture_logs() as records:
+        await drain(aws, cluster, slurm.settings, table=raced, retry_backoff_max=1)
+    [failed] = [r for r in records if r["event"] == "batch_failed"]
+    assert "TransactionCanceledException" in failed["error"]
+
+    await asyncio.sleep(1.5)
+    await drain(aws, cluster, slurm.settings)
+
+    assert await slurm_hosts(slurm) == {}
+    assert (await rows(aws, cluster))[instance(1)].state is InstanceState.TERMINATED
     assert await queue_depth(aws, cluster.queue_url) == 0
