@@ -19,8 +19,7 @@ from typing import Any
 from cfncluster_node.aws import Aws, AwsError
 
 _GET_CHUNK = 100  # BatchGetItem's limit
-_WRITE_CHUNK = 100  # TransactWriteItems' limit
-_WRITERS = 4
+_WRITERS = 32
 _UNPROCESSED_ATTEMPTS = 8
 
 
@@ -134,30 +133,35 @@ class InstanceTable:
 
     async def put_many(
         self, records: Sequence[InstanceRecord], read: Mapping[str, InstanceRecord]
-    ) -> None:
+    ) -> set[str]:
         """Write rows, each only if the table still holds the row ``read`` (or none).
 
-        Conditional, so a second writer (an operator's one-off run beside the daemon)
-        can never overwrite a newer state with one planned from an older read: the write
-        fails with a TransactionCanceledException and the batch is planned again.
+        Returns the instances whose row changed since it was read: another writer (an
+        operator's one-off run beside the daemon) got there first, and their events must
+        be planned again. Each row is its own conditional write, so a conflict on one
+        instance delays no other.
         """
-        chunks = [records[i : i + _WRITE_CHUNK] for i in range(0, len(records), _WRITE_CHUNK)]
         limit = asyncio.Semaphore(_WRITERS)
+        conflicts: set[str] = set()
 
-        async def write(chunk: Sequence[InstanceRecord]) -> None:
+        async def write(record: InstanceRecord) -> None:
             async with limit:
-                await self._aws.call(
-                    "dynamodb",
-                    "transact_write_items",
-                    TransactItems=[self._put(r, read.get(r.instance_id)) for r in chunk],
-                )
+                try:
+                    await self._aws.call(
+                        "dynamodb", "put_item", **self._put(record, read.get(record.instance_id))
+                    )
+                except AwsError as exc:
+                    if exc.code != "ConditionalCheckFailedException":
+                        raise
+                    conflicts.add(record.instance_id)
 
         try:
             async with asyncio.TaskGroup() as group:
-                for chunk in chunks:
-                    group.create_task(write(chunk))
+                for record in records:
+                    group.create_task(write(record))
         except* AwsError as failed:
             raise failed.exceptions[0] from None
+        return conflicts
 
     def _put(self, record: InstanceRecord, seen: InstanceRecord | None) -> dict[str, Any]:
         put: dict[str, Any] = {"TableName": self.name, "Item": record.to_item()}
@@ -168,7 +172,7 @@ class InstanceTable:
         else:
             put["ConditionExpression"] = "updatedAt = :seen"
             put["ExpressionAttributeValues"] = {":seen": {"S": seen.updated_at.isoformat()}}
-        return {"Put": put}
+        return put
 
     async def scan(self) -> list[InstanceRecord]:
         records: list[InstanceRecord] = []

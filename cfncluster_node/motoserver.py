@@ -1,4 +1,4 @@
-"""moto_server with its SQS queues and DynamoDB writes made thread-safe, SQS cheap per message.
+"""moto_server with its SQS queues made thread-safe and cheap per message.
 
 ``python -m cfncluster_node.motoserver -H 127.0.0.1 -p PORT`` (moto_server's arguments).
 ``localaws.MotoServer`` runs this, for the tests, the demo and the benchmarks, because of
@@ -18,21 +18,16 @@ defects of moto's SQS (checked in 5.2.5) that real SQS does not have:
    visibility timeout).
 3. ``receive_message`` is not locked either: concurrent receivers can each get the same
    message (about 1 in 200 with 4 receivers).
-4. DynamoDB's ``transact_write_items`` deep-copies every table it touches, to roll back,
-   while other requests may write to it: concurrent transactions fail with an HTTP 500
-   ("dictionary changed size during iteration"). Its writes are serialized here.
 """
 
 from __future__ import annotations
 
 import functools
 import sys
-import threading
 import time
 from typing import Any
 
 from moto.core import utils
-from moto.dynamodb.models import DynamoDBBackend
 from moto.server import main
 from moto.sqs import models
 from moto.sqs.models import Message, Queue, SQSBackend
@@ -71,21 +66,6 @@ def _locked_delete(delete: Any) -> Any:
     return wrapper
 
 
-_DYNAMODB_WRITES = threading.RLock()
-
-
-def _serialized(write: Any) -> Any:
-    @functools.wraps(write)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with _DYNAMODB_WRITES:
-            return write(*args, **kwargs)
-
-    return wrapper
-
-
-_DYNAMODB_WRITERS = ("put_item", "update_item", "delete_item", "transact_write_items")
-
-
 def apply() -> None:
     # These are moto's internals: fail loudly if a new moto moved them.
     internals: tuple[tuple[Any, str], ...] = (
@@ -94,7 +74,6 @@ def apply() -> None:
         (SQSBackend, "is_message_valid_based_on_retention_period"),
         (SQSBackend, "receive_message"),
         (Queue, "delete_message"),
-        *((DynamoDBBackend, name) for name in _DYNAMODB_WRITERS),
     )
     for owner, name in internals:
         if not hasattr(owner, name):
@@ -104,9 +83,6 @@ def apply() -> None:
     SQSBackend.is_message_valid_based_on_retention_period = _retained  # type: ignore[method-assign]
     SQSBackend.receive_message = _locked_receive(SQSBackend.receive_message)  # type: ignore[method-assign]
     Queue.delete_message = _locked_delete(Queue.delete_message)  # type: ignore[method-assign]
-
-    for name in _DYNAMODB_WRITERS:
-        setattr(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))
 
 
 if __name__ == "__main__":

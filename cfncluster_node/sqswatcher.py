@@ -247,10 +247,10 @@ class SqsWatcher:
 
     async def _apply_events(self, events: list[InstanceEvent]) -> set[str]:
         """Apply events; return the instances whose effect did not happen (to retry)."""
-        winners = lifecycle.coalesce(await self._named_from_ec2(events))
-        records = await self._table.get_many(winners)
+        histories = lifecycle.coalesce(await self._named_from_ec2(events))
+        records = await self._table.get_many(histories)
         plan = lifecycle.plan(
-            winners,
+            histories,
             records,
             self._hostnames,
             now=datetime.now(UTC),
@@ -259,14 +259,22 @@ class SqsWatcher:
         )
         # Rows first: a crash after this leaves a row that the redelivered message
         # completes, and a later terminate finds the hostname it must remove.
-        await self._table.put_many(plan.records, read=records)
+        conflicts = await self._table.put_many(plan.records, read=records)
         self._hostnames = plan.hostnames
-        failed = await _isolating(
-            self._scheduler.remove_hosts, list(plan.unregister.items()), self._log
+        if conflicts:
+            # Another writer changed these rows since they were read: their plan is void,
+            # and their messages come back to be planned against what the table holds.
+            self._log.warning("rows_changed_meanwhile", instance_ids=sorted(conflicts))
+            for record in (await self._table.get_many(conflicts)).values():
+                self._hostnames.note(record)
+        failed = conflicts | await _isolating(
+            self._scheduler.remove_hosts,
+            [(name, i) for name, i in plan.unregister.items() if i not in conflicts],
+            self._log,
         )
         failed |= await _isolating(
             self._scheduler.add_hosts,
-            [(host, host.instance_id or "") for host in plan.register],
+            [(h, h.instance_id or "") for h in plan.register if h.instance_id not in conflicts],
             self._log,
         )
         for decision in plan.decisions:

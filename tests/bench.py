@@ -39,7 +39,7 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -188,13 +188,16 @@ class ObservedTable(InstanceTable):
         super().__init__(aws, name)
         self._probe = probe
 
-    async def put_many(self, records: Sequence[InstanceRecord]) -> None:
-        await super().put_many(records)
+    async def put_many(
+        self, records: Sequence[InstanceRecord], read: Mapping[str, InstanceRecord]
+    ) -> set[str]:
+        conflicts = await super().put_many(records, read)
         now = time.monotonic()
         if records:
             self._probe.batches.append(len(records))
         for record in records:
             self._probe.written[(record.instance_id, record.state)] = now
+        return conflicts
 
 
 @contextlib.contextmanager

@@ -408,8 +408,9 @@ async def test_a_row_changed_by_another_writer_meanwhile_is_planned_again(
     raced = RacedTable(aws, cluster.table, instance(1))
     with structlog.testing.capture_logs() as records:
         await drain(aws, cluster, slurm.settings, table=raced, retry_backoff_max=1)
-    [failed] = [r for r in records if r["event"] == "batch_failed"]
-    assert "TransactionCanceledException" in failed["error"]
+    [changed] = [r for r in records if r["event"] == "rows_changed_meanwhile"]
+    assert changed["instance_ids"] == [instance(1)]
+    assert await slurm_hosts(slurm) == {}
 
     await asyncio.sleep(1.5)
     await drain(aws, cluster, slurm.settings)
