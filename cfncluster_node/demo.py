@@ -38,6 +38,7 @@ from cfncluster_node.localaws import (
     MotoServer,
     create_cluster_resources,
     publish_autoscaling,
+    queue_depth,
     send_messages,
 )
 from cfncluster_node.localslurm import LocalSlurm, SlurmUnavailable
@@ -189,23 +190,9 @@ class Demo:
             for record in await self.table.scan():
                 states[record.state.value] = states.get(record.state.value, 0) + 1
             self.snapshot.rows = states
-            self.snapshot.queued = await self._depth(self.cluster.queue_url)
-            self.snapshot.dead_letters = await self._depth(self.cluster.dead_letter_url)
+            self.snapshot.queued = await queue_depth(self.aws, self.cluster.queue_url)
+            self.snapshot.dead_letters = await queue_depth(self.aws, self.cluster.dead_letter_url)
             await asyncio.sleep(0.25)
-
-    async def _depth(self, url: str) -> int:
-        attributes = (
-            await self.aws.call(
-                "sqs",
-                "get_queue_attributes",
-                QueueUrl=url,
-                AttributeNames=[
-                    "ApproximateNumberOfMessages",
-                    "ApproximateNumberOfMessagesNotVisible",
-                ],
-            )
-        )["Attributes"]
-        return sum(int(v) for v in attributes.values())
 
 
 def render(snapshot: Snapshot) -> Table:
@@ -269,7 +256,7 @@ async def run(
                 expected_hosts=scenario.nodes - scenario.terminated - scenario.left,
                 slurm_hosts=len(final),
                 resurrected=len({hostname(n) for n in range(scenario.terminated)} & final),
-                dead_letters=await demo._depth(cluster.dead_letter_url),
+                dead_letters=await queue_depth(aws, cluster.dead_letter_url),
                 log_file=log_file,
             )
 

@@ -189,3 +189,14 @@ async def send_messages(aws: Aws, queue_url: str, bodies: list[str]) -> None:
             {"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[start : start + 10])
         ]
         await aws.call("sqs", "send_message_batch", QueueUrl=queue_url, Entries=entries)
+
+
+async def queue_depth(aws: Aws, url: str) -> int:
+    """Messages in the queue, visible or in flight."""
+    response = await aws.call(
+        "sqs",
+        "get_queue_attributes",
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )
+    return sum(int(value) for value in response["Attributes"].values())

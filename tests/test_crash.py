@@ -17,10 +17,11 @@ from cfncluster_node.localaws import (
     ClusterResources,
     MotoServer,
     publish_autoscaling,
+    queue_depth,
     send_messages,
 )
 from cfncluster_node.localslurm import LocalSlurm
-from tests.test_sqswatcher import T0, TERMINATE, instance, queue_depth, ready, rows, slurm_hosts
+from tests.test_sqswatcher import T0, TERMINATE, instance, ready, rows, slurm_hosts
 
 JOINS = 200
 TERMINATED = 100

@@ -15,7 +15,12 @@ import structlog
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, SlurmSettings, SqsWatcherSettings
 from cfncluster_node.instances import InstanceRecord, InstanceState, InstanceTable
-from cfncluster_node.localaws import ClusterResources, publish_autoscaling, send_messages
+from cfncluster_node.localaws import (
+    ClusterResources,
+    publish_autoscaling,
+    queue_depth,
+    send_messages,
+)
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import LEAVE_EVENT, READY_EVENT, compute_notice
 from cfncluster_node.schedulers import Host, Scheduler
@@ -79,18 +84,6 @@ async def slurm_hosts(slurm: LocalSlurm) -> dict[str, str | None]:
 
 async def rows(aws: Aws, cluster: ClusterResources) -> dict[str, Any]:
     return {r.instance_id: r for r in await InstanceTable(aws, cluster.table).scan()}
-
-
-async def queue_depth(aws: Aws, url: str) -> int:
-    attributes = (
-        await aws.call(
-            "sqs",
-            "get_queue_attributes",
-            QueueUrl=url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )
-    )["Attributes"]
-    return sum(int(value) for value in attributes.values())
 
 
 async def test_join_messages_register_hosts_in_slurm_and_the_table(
