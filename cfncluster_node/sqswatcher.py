@@ -207,13 +207,15 @@ class SqsWatcher:
         """Apply a batch; return the messages to delete and those to retry."""
         started = time.monotonic()
         done: list[Received] = []
+        retry: list[Received] = []
         events: list[tuple[Received, InstanceEvent]] = []
         for message in batch:
             log = self._log.bind(message_id=message.message_id)
             try:
                 parsed = messages.parse(message.body, message.sent_at)
             except MessageError as exc:
-                await self._dead_letter(queue, message, str(exc))
+                dead = await self._dead_letter(queue, message, str(exc))
+                (done if dead else retry).append(message)
                 continue
             if isinstance(parsed, messages.Dropped):
                 level = log.warning if parsed.reason in messages.ERROR_EVENTS.values() else log.info
@@ -235,7 +237,7 @@ class SqsWatcher:
                 self._log.error("batch_failed", error=str(exc), messages=len(events))
                 failed = {event.instance_id for _, event in events}
         done += [message for message, event in events if event.instance_id not in failed]
-        retry = [message for message, event in events if event.instance_id in failed]
+        retry += [message for message, event in events if event.instance_id in failed]
         self._log.info(
             "batch_applied",
             messages=len(batch),
@@ -314,11 +316,13 @@ class SqsWatcher:
             named.append(event)
         return named
 
-    async def _dead_letter(self, queue: Queue, message: Received, reason: str) -> None:
+    async def _dead_letter(self, queue: Queue, message: Received, reason: str) -> bool:
+        """Move a message that can never succeed to the dead-letter queue; False: not yet."""
         log = self._log.bind(message_id=message.message_id)
         if queue.dead_letter_url is None:
             log.error("message_discarded", reason=reason, body=message.body[:500])
-        else:
+            return True
+        try:
             await self._aws.call(
                 "sqs",
                 "send_message",
@@ -329,8 +333,12 @@ class SqsWatcher:
                     "sourceMessageId": {"DataType": "String", "StringValue": message.message_id},
                 },
             )
-            log.error("message_dead_lettered", reason=reason)
-        await self._delete(queue, [message])
+        except AwsError as exc:
+            # It comes back, and the redrive policy moves it after its last try.
+            log.warning("dead_letter_send_failed", reason=reason, error=str(exc))
+            return False
+        log.error("message_dead_lettered", reason=reason)
+        return True
 
     async def _delete(self, queue: Queue, batch: Sequence[Received]) -> None:
         await self._per_ten(queue, "delete_message_batch", batch, lambda _: {})
@@ -378,7 +386,20 @@ class SqsWatcher:
             entries = [
                 {"Id": str(i), "ReceiptHandle": m.receipt, **extra(m)} for i, m in enumerate(chunk)
             ]
-            response = await self._aws.call("sqs", operation, QueueUrl=queue.url, Entries=entries)
+            try:
+                response = await self._aws.call(
+                    "sqs", operation, QueueUrl=queue.url, Entries=entries
+                )
+            except AwsError as exc:
+                # Not fatal: an undeleted message comes back and is applied again, to no
+                # effect; a visibility not changed keeps the queue's default.
+                self._log.warning(
+                    "sqs_batch_call_failed",
+                    operation=operation,
+                    messages=len(chunk),
+                    error=str(exc),
+                )
+                return
             for failure in response.get("Failed", []):
                 self._log.warning(
                     "sqs_batch_entry_failed",

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import structlog
 
-from cfncluster_node.aws import Aws
-from cfncluster_node.config import ClusterSettings, SlurmSettings, SqsWatcherSettings
+from cfncluster_node.aws import Aws, AwsError
+from cfncluster_node.config import AwsSettings, ClusterSettings, SlurmSettings, SqsWatcherSettings
 from cfncluster_node.instances import InstanceRecord, InstanceState, InstanceTable
 from cfncluster_node.localaws import (
     ClusterResources,
@@ -411,3 +411,38 @@ async def test_a_row_changed_by_another_writer_meanwhile_is_planned_again(
     assert await slurm_hosts(slurm) == {}
     assert (await rows(aws, cluster))[instance(1)].state is InstanceState.TERMINATED
     assert await queue_depth(aws, cluster.queue_url) == 0
+
+
+class FailingDeletes(Aws):
+    """Real clients, but SQS refuses the first deletes (an outage, expired credentials)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__(AwsSettings(max_attempts=1), "us-east-1")
+        self.failures = failures
+
+    async def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
+        if operation == "delete_message_batch" and self.failures > 0:
+            self.failures -= 1
+            raise AwsError(service, operation, "ServiceUnavailable", "injected")
+        return await super().call(service, operation, **params)
+
+
+async def test_a_failed_delete_is_survived_and_the_replay_changes_nothing(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
+) -> None:
+    await send_messages(aws, cluster.queue_url, [ready(1)])
+    with structlog.testing.capture_logs() as records:
+        async with FailingDeletes(failures=1) as flaky:
+            await drain(flaky, cluster, slurm.settings, visibility_timeout=10)
+        assert await slurm_hosts(slurm) == {"ip-10-0-0-1": "127.0.1.1"}
+        assert await queue_depth(aws, cluster.queue_url) == 1  # still in flight
+
+        await asyncio.sleep(10.5)  # its visibility timeout: it comes back
+        await drain(aws, cluster, slurm.settings)
+
+    events = [r["event"] for r in records]
+    assert "sqs_batch_call_failed" in events
+    assert events.count("host_registered") == 1
+    assert "event_already_applied" in events
+    assert await queue_depth(aws, cluster.queue_url) == 0
+    assert await slurm_hosts(slurm) == {"ip-10-0-0-1": "127.0.1.1"}
