@@ -13,6 +13,7 @@ from cfncluster_node import __version__, announce, config, logs, messages, sched
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
 from cfncluster_node.instances import InstanceTable
+from cfncluster_node.publisher import Publisher
 from cfncluster_node.sqswatcher import SqsWatcher
 
 EXIT_CONFIG = 2
@@ -49,9 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config("run", "run the configured services under the supervisor")
     run.set_defaults(handler=_run)
 
-    watcher = with_config("sqswatcher", "run the SQS watcher alone")
-    watcher.add_argument("--burst", action="store_true", help="exit once the queue is empty")
-    watcher.set_defaults(handler=_sqswatcher)
+    for service, help_text, burst_help in (
+        ("sqswatcher", "run the SQS watcher alone", "exit once the queue is empty"),
+        ("publisher", "run the pending-job publisher alone", "publish once and exit"),
+    ):
+        alone = with_config(service, help_text)
+        alone.add_argument("--burst", action="store_true", help=burst_help)
+        alone.set_defaults(handler=_one_service, service=service)
 
     check = with_config("check-config", "validate the configuration and print it")
     check.set_defaults(handler=_check_config)
@@ -89,7 +94,8 @@ def _configured(args: argparse.Namespace) -> Config:
 
 def build_service(
     name: ServiceName, settings: Config, aws: Aws, *, burst: bool = False
-) -> SqsWatcher:
+) -> supervisor.Service:
+    scheduler = schedulers.create(settings)
     match name:
         case "sqswatcher":
             return SqsWatcher(
@@ -97,9 +103,11 @@ def build_service(
                 settings.sqswatcher,
                 settings.cluster,
                 InstanceTable(aws, settings.sqswatcher.table),
-                schedulers.create(settings),
+                scheduler,
                 burst=burst,
             )
+        case "publisher":
+            return Publisher(aws, settings.publisher, settings.cluster, scheduler, burst=burst)
 
 
 def _serve(settings: Config, names: Sequence[ServiceName], *, burst: bool) -> int:
@@ -117,8 +125,8 @@ def _run(args: argparse.Namespace) -> int:
     return _serve(settings, settings.supervisor.services, burst=False)
 
 
-def _sqswatcher(args: argparse.Namespace) -> int:
-    return _serve(_configured(args), ["sqswatcher"], burst=args.burst)
+def _one_service(args: argparse.Namespace) -> int:
+    return _serve(_configured(args), [args.service], burst=args.burst)
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
 ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
 
-ServiceName = Literal["sqswatcher"]
+ServiceName = Literal["sqswatcher", "publisher"]
 
 
 class ConfigError(Exception):
@@ -32,8 +32,11 @@ class ClusterSettings(_Section):
     stack_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
     scheduler: Literal["slurm"] = "slurm"
-    # Job slots of a compute node whose join message does not say (old compute AMIs).
+    # Job slots of a compute node whose join message does not say (old compute AMIs), and
+    # of the nodes the publisher asks for while none is registered.
     default_slots: StrictInt = Field(default=1, ge=1, le=100_000)
+    # The compute group's maximum size: a job that needs more nodes can never run.
+    max_size: StrictInt | None = Field(default=None, ge=0)
 
 
 class AwsSettings(_Section):
@@ -53,6 +56,10 @@ class SqsWatcherSettings(_Section):
     visibility_timeout: StrictInt = Field(default=120, ge=10, le=43_200)
     retry_backoff_max: StrictInt = Field(default=300, ge=1, le=43_200)
     tombstone_days: StrictFloat = Field(default=7.0, gt=0)
+
+
+class PublisherSettings(_Section):
+    interval: StrictFloat = Field(default=60.0, gt=0)
 
 
 class SlurmSettings(_Section):
@@ -80,6 +87,7 @@ class Config(_Section):
     cluster: ClusterSettings
     sqswatcher: SqsWatcherSettings
     aws: AwsSettings = AwsSettings()
+    publisher: PublisherSettings = PublisherSettings()
     slurm: SlurmSettings = SlurmSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -9,7 +9,7 @@ import pytest
 
 from cfncluster_node.localaws import free_port
 from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.schedulers import Host, SchedulerError
+from cfncluster_node.schedulers import Holdup, Host, SchedulerError
 from cfncluster_node.schedulers.hostlist import compress
 from cfncluster_node.schedulers.slurm import Slurm
 
@@ -133,14 +133,22 @@ def test_compressed_hostlists_expand_in_slurm_to_the_same_names(slurm: LocalSlur
     assert sorted(expanded) == sorted(names)
 
 
-async def test_pending_work_counts_pending_jobs_and_their_nodes(slurm: LocalSlurm) -> None:
+async def test_jobs_tell_why_each_pending_job_waits(slurm: LocalSlurm) -> None:
     backend = Slurm(slurm.settings)
-    for nodes in (3, 1):
-        slurm.sbatch("--hold", "-N", str(nodes), "--wrap", "true")
+    held = slurm.sbatch("--hold", "-N", "1", "--wrap", "true")
+    waiting = slurm.sbatch(f"--dependency=afterok:{held}", "-N", "1", "--wrap", "true")
+    later = slurm.sbatch("--begin=now+1hour", "-N", "1", "--wrap", "true")
+    wide = slurm.sbatch("-N", "2", "-c", "3", "--wrap", "true")  # no node yet: it waits
 
-    pending = await backend.pending_work()
+    jobs = await backend.jobs()
 
-    assert (pending.jobs, pending.nodes) == (2, 4)
+    assert jobs.running == 0
+    assert {job.job_id: (job.nodes, job.slots, job.holdup) for job in jobs.pending} == {
+        held: (1, 1, Holdup.HELD),
+        waiting: (1, 1, Holdup.DEPENDENCY),
+        later: (1, 1, Holdup.BEGIN_TIME),
+        wide: (2, 6, Holdup.NONE),
+    }
 
 
 async def test_an_unreachable_controller_is_a_scheduler_error_not_a_hang(

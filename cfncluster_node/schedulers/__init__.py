@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Protocol
 
 from cfncluster_node.config import Config
@@ -33,12 +34,33 @@ class HostStatus:
     state: str
     #: False while the host is draining, drained or down: it takes no new work.
     available: bool
+    #: Running (or finishing) work.
+    busy: bool
+
+
+class Holdup(StrEnum):
+    """Why a pending job waits, when more nodes would not make it start."""
+
+    NONE = "none"
+    HELD = "held"
+    DEPENDENCY = "dependency"
+    LICENSES = "licenses"
+    BEGIN_TIME = "begin_time"
+    RESERVATION = "reservation"
 
 
 @dataclass(frozen=True)
-class PendingWork:
-    jobs: int
+class PendingJob:
+    job_id: str
     nodes: int
+    slots: int
+    holdup: Holdup
+
+
+@dataclass(frozen=True)
+class Jobs:
+    pending: list[PendingJob]
+    running: int
 
 
 class Scheduler(Protocol):
@@ -50,7 +72,7 @@ class Scheduler(Protocol):
 
     async def list_hosts(self) -> list[HostStatus]: ...
 
-    async def pending_work(self) -> PendingWork: ...
+    async def jobs(self) -> Jobs: ...
 
 
 def create(config: Config) -> Scheduler:

@@ -15,11 +15,30 @@ from dataclasses import dataclass
 
 from cfncluster_node import commands
 from cfncluster_node.config import SlurmSettings
-from cfncluster_node.schedulers import Host, HostStatus, PendingWork, SchedulerError
+from cfncluster_node.schedulers import (
+    Holdup,
+    Host,
+    HostStatus,
+    Jobs,
+    PendingJob,
+    SchedulerError,
+)
 from cfncluster_node.schedulers.hostlist import compress
 
 _UNAVAILABLE = frozenset({"DRAIN", "DOWN", "FUTURE", "FAIL", "MAINT", "NOT_RESPONDING"})
 _NEEDS_RESUME = frozenset({"DRAIN", "DOWN", "FUTURE"})
+_BUSY = frozenset({"ALLOCATED", "MIXED", "COMPLETING"})
+_HOLDUPS = {
+    "JobHeldUser": Holdup.HELD,
+    "JobHeldAdmin": Holdup.HELD,
+    "Dependency": Holdup.DEPENDENCY,
+    "DependencyNeverSatisfied": Holdup.DEPENDENCY,
+    "Licenses": Holdup.LICENSES,
+    "BeginTime": Holdup.BEGIN_TIME,
+    "Reservation": Holdup.RESERVATION,
+}
+# One squeue for the whole queue: id, state, nodes, CPUs, reason, dependency, priority.
+_JOB_FORMAT = "%i|%T|%D|%C|%r|%E|%Q"
 
 
 @dataclass(frozen=True)
@@ -103,6 +122,7 @@ class Slurm:
                 address=node.address,
                 state="+".join(sorted(node.flags)).lower(),
                 available=not node.flags & _UNAVAILABLE,
+                busy=bool(node.flags & _BUSY),
             )
             for node in (await self._nodes()).values()
             if self._settings.feature in node.features
@@ -173,7 +193,27 @@ class Slurm:
                 )
         await self._run("scontrol", "delete", f"NodeName={compress(present)}")
 
-    async def pending_work(self) -> PendingWork:
-        text = await self._run("squeue", "-h", "-r", "-t", "PD", "-o", "%D")
-        counts = [int(line) for line in text.split() if line.isdigit()]
-        return PendingWork(jobs=len(counts), nodes=sum(counts))
+    async def jobs(self) -> Jobs:
+        text = await self._run("squeue", "-h", "-r", "-t", "PD,R,CG", "-o", _JOB_FORMAT)
+        return parse_jobs(text)
+
+
+def parse_jobs(text: str) -> Jobs:
+    pending = []
+    running = 0
+    for line in text.splitlines():
+        fields = line.split("|")
+        if len(fields) != 7:
+            continue
+        job_id, state, nodes, cpus, reason, dependency, priority = fields
+        if state != "PENDING":
+            running += 1
+            continue
+        holdup = _HOLDUPS.get(reason, Holdup.NONE)
+        if priority == "0":
+            holdup = Holdup.HELD
+        elif holdup is Holdup.NONE and dependency not in ("", "(null)"):
+            # A job waiting on another shows the other's reason first.
+            holdup = Holdup.DEPENDENCY
+        pending.append(PendingJob(job_id, int(nodes or 1), int(cpus or 1), holdup))
+    return Jobs(pending, running)
