@@ -9,12 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cfncluster_node import __version__, announce, config, logs, messages, schedulers, supervisor
+from cfncluster_node import __version__, announce, config, logs, messages, services, supervisor
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
-from cfncluster_node.instances import InstanceTable
-from cfncluster_node.publisher import Publisher
-from cfncluster_node.sqswatcher import SqsWatcher
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -92,29 +89,12 @@ def _configured(args: argparse.Namespace) -> Config:
     return settings
 
 
-def build_service(
-    name: ServiceName, settings: Config, aws: Aws, *, burst: bool = False
-) -> supervisor.Service:
-    scheduler = schedulers.create(settings)
-    match name:
-        case "sqswatcher":
-            return SqsWatcher(
-                aws,
-                settings.sqswatcher,
-                settings.cluster,
-                InstanceTable(aws, settings.sqswatcher.table),
-                scheduler,
-                burst=burst,
-            )
-        case "publisher":
-            return Publisher(aws, settings.publisher, settings.cluster, scheduler, burst=burst)
-
-
 def _serve(settings: Config, names: Sequence[ServiceName], *, burst: bool) -> int:
     async def main(stop: asyncio.Event) -> None:
         async with Aws(settings.aws, settings.cluster.region) as aws:
-            services = [build_service(name, settings, aws, burst=burst) for name in names]
-            await supervisor.supervise(services, stop, settings.supervisor)
+            registry = services.build_registry(settings, aws)
+            running = [services.build(name, settings, aws, registry, burst=burst) for name in names]
+            await supervisor.supervise(running, stop, settings.supervisor)
 
     supervisor.run_until_stopped(main)
     return 0

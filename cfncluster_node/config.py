@@ -37,6 +37,9 @@ class ClusterSettings(_Section):
     default_slots: StrictInt = Field(default=1, ge=1, le=100_000)
     # The compute group's maximum size: a job that needs more nodes can never run.
     max_size: StrictInt | None = Field(default=None, ge=0)
+    # The DynamoDB instance table, and how long a terminated instance's row stays.
+    table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
+    tombstone_days: StrictFloat = Field(default=7.0, gt=0)
 
 
 class AwsSettings(_Section):
@@ -50,12 +53,10 @@ class AwsSettings(_Section):
 
 class SqsWatcherSettings(_Section):
     queue: str = Field(min_length=1, description="queue name or URL")
-    table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
     receivers: StrictInt = Field(default=4, ge=1, le=32)
     max_batch: StrictInt = Field(default=1000, ge=1, le=10_000)
     visibility_timeout: StrictInt = Field(default=120, ge=10, le=43_200)
     retry_backoff_max: StrictInt = Field(default=300, ge=1, le=43_200)
-    tombstone_days: StrictFloat = Field(default=7.0, gt=0)
 
 
 class PublisherSettings(_Section):

@@ -24,11 +24,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from cfncluster_node import logs, supervisor
+from cfncluster_node import logs, services, supervisor
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import (
     AwsSettings,
     ClusterSettings,
+    Config,
     SqsWatcherSettings,
     SupervisorSettings,
 )
@@ -44,7 +45,6 @@ from cfncluster_node.localaws import (
 from cfncluster_node.localslurm import LocalSlurm, SlurmUnavailable
 from cfncluster_node.messages import LEAVE_EVENT, READY_EVENT, compute_notice
 from cfncluster_node.schedulers.slurm import Slurm
-from cfncluster_node.sqswatcher import SqsWatcher
 
 REGION = "us-east-1"
 LAUNCH = "autoscaling:EC2_INSTANCE_LAUNCH"
@@ -218,18 +218,19 @@ async def run(
         moto.use()
         async with Aws(AwsSettings(max_attempts=3), REGION) as aws:
             cluster = await create_cluster_resources(aws, "demo")
-            slurm = Slurm(local_slurm.settings)
-            watcher = SqsWatcher(
-                aws,
-                SqsWatcherSettings(queue=cluster.queue_url, table=cluster.table),
-                ClusterSettings(stack_name="demo", region=REGION),
-                InstanceTable(aws, cluster.table),
-                slurm,
+            config = Config(
+                cluster=ClusterSettings(stack_name="demo", region=REGION, table=cluster.table),
+                sqswatcher=SqsWatcherSettings(queue=cluster.queue_url),
+                slurm=local_slurm.settings,
+                supervisor=SupervisorSettings(stop_timeout=10),
             )
+            registry = services.build_registry(config, aws)
+            watcher = services.build("sqswatcher", config, aws, registry)
+            slurm = Slurm(local_slurm.settings)
             demo = Demo(aws, cluster, slurm)
             service_stop = asyncio.Event()
             async with asyncio.TaskGroup() as group:
-                services = group.create_task(
+                supervised = group.create_task(
                     supervisor.supervise(
                         [watcher], service_stop, SupervisorSettings(stop_timeout=10)
                     )
@@ -245,7 +246,7 @@ async def run(
                     live.update(render(demo.snapshot))
                 console.print()
                 service_stop.set()
-                await services
+                await supervised
             if stop.is_set():
                 console.print("[yellow]Interrupted: everything stopped and cleaned up.[/]")
                 return None

@@ -14,25 +14,21 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any
 
-from cfncluster_node import lifecycle, logs, messages
+from cfncluster_node import logs, messages
 from cfncluster_node.aws import Aws, AwsError
-from cfncluster_node.config import ClusterSettings, SqsWatcherSettings
-from cfncluster_node.instances import InstanceTable
+from cfncluster_node.config import SqsWatcherSettings
 from cfncluster_node.messages import EventKind, InstanceEvent, MessageError
-from cfncluster_node.schedulers import Scheduler, SchedulerError
+from cfncluster_node.registry import Registry
 
 _SQS_BATCH = 10
 _LONG_POLL_S = 20
 _BURST_POLL_S = 1
-_GIVE_UP_AFTER = 3  # consecutive single-host failures: the scheduler itself is down
 _STOP = object()
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -55,10 +51,9 @@ class Queue:
 class SqsWatcher:
     """Long-polls the cluster queue and applies what arrives.
 
-    aws: the client factory. settings: the ``[sqswatcher]`` section. cluster: the
-    ``[cluster]`` section (default slot count). table: the instance table. scheduler: the
-    backend hosts are registered with. burst: return once the queue is empty instead of
-    polling forever (tests, benchmarks, one-off catch-up runs).
+    aws: the client factory. settings: the ``[sqswatcher]`` section. registry: where
+    events take effect (the instance table and the scheduler). burst: return once the
+    queue is empty instead of polling forever (tests, benchmarks, one-off catch-up runs).
     """
 
     name = "sqswatcher"
@@ -67,26 +62,21 @@ class SqsWatcher:
         self,
         aws: Aws,
         settings: SqsWatcherSettings,
-        cluster: ClusterSettings,
-        table: InstanceTable,
-        scheduler: Scheduler,
+        registry: Registry,
         *,
         burst: bool = False,
     ) -> None:
         self._aws = aws
         self._settings = settings
-        self._cluster = cluster
-        self._table = table
-        self._scheduler = scheduler
+        self._registry = registry
         self._burst = burst
         self._log = logs.get()
-        self._hostnames = lifecycle.Hostnames()
         self._held: dict[str, Received] = {}
         self._room = asyncio.Condition()
 
     async def run(self, stop: asyncio.Event) -> None:
         queue = await self._open_queue()
-        self._hostnames = lifecycle.Hostnames(await self._table.scan())
+        hostnames = await self._registry.hostnames()
         self._held = {}
         inbox: asyncio.Queue[Any] = asyncio.Queue()
         self._log.info(
@@ -94,7 +84,7 @@ class SqsWatcher:
             queue_url=queue.url,
             dead_letter_url=queue.dead_letter_url,
             receivers=self._settings.receivers,
-            hosts_known=len(self._hostnames),
+            hosts_known=len(hostnames),
         )
         async with asyncio.TaskGroup() as group:
             receivers = [
@@ -232,7 +222,8 @@ class SqsWatcher:
         failed: set[str] = set()
         if events:
             try:
-                failed = await self._apply_events([event for _, event in events])
+                named = await self._named_from_ec2([event for _, event in events])
+                failed = await self._registry.apply(named)
             except AwsError as exc:
                 self._log.error("batch_failed", error=str(exc), messages=len(events))
                 failed = {event.instance_id for _, event in events}
@@ -246,45 +237,6 @@ class SqsWatcher:
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
         return done, retry
-
-    async def _apply_events(self, events: list[InstanceEvent]) -> set[str]:
-        """Apply events; return the instances whose effect did not happen (to retry)."""
-        histories = lifecycle.coalesce(await self._named_from_ec2(events))
-        records = await self._table.get_many(histories)
-        plan = lifecycle.plan(
-            histories,
-            records,
-            self._hostnames,
-            now=datetime.now(UTC),
-            default_slots=self._cluster.default_slots,
-            tombstone_for=timedelta(days=self._settings.tombstone_days),
-        )
-        # Rows first: a crash after this leaves a row that the redelivered message
-        # completes, and a later terminate finds the hostname it must remove.
-        conflicts = await self._table.put_many(plan.records, read=records)
-        self._hostnames = plan.hostnames
-        if conflicts:
-            # Another writer changed these rows since they were read: their plan is void,
-            # and their messages come back to be planned against what the table holds.
-            self._log.warning("rows_changed_meanwhile", instance_ids=sorted(conflicts))
-            for record in (await self._table.get_many(conflicts)).values():
-                self._hostnames.note(record)
-        failed = conflicts | await _isolating(
-            self._scheduler.remove_hosts,
-            [(name, i) for name, i in plan.unregister.items() if i not in conflicts],
-            self._log,
-        )
-        failed |= await _isolating(
-            self._scheduler.add_hosts,
-            [(h, h.instance_id or "") for h in plan.register if h.instance_id not in conflicts],
-            self._log,
-        )
-        for decision in plan.decisions:
-            if decision.instance_id not in failed:
-                self._log.info(
-                    decision.event, instance_id=decision.instance_id, hostname=decision.hostname
-                )
-        return failed
 
     async def _named_from_ec2(self, events: list[InstanceEvent]) -> list[InstanceEvent]:
         """Old compute nodes may not say their hostname: ask EC2 for it."""
@@ -421,40 +373,6 @@ async def _stop_when_done(tasks: list[asyncio.Task[None]], inbox: asyncio.Queue[
     """In burst mode the receivers end once the queue is empty, and so does the applier."""
     await asyncio.wait(tasks)
     inbox.put_nowait(_STOP)
-
-
-async def _isolating(
-    operation: Callable[[list[T]], Awaitable[None]],
-    items: list[tuple[T, str]],
-    log: Any,
-) -> set[str]:
-    """Apply ``operation`` to all items at once; if that fails, to each alone.
-
-    Returns the instance ids whose item failed, so one bad host delays only its own
-    message. After a few failures in a row the scheduler is taken to be down and the
-    rest are not tried.
-    """
-    if not items:
-        return set()
-    try:
-        await operation([item for item, _ in items])
-        return set()
-    except SchedulerError as exc:
-        log.warning("scheduler_batch_failed", error=str(exc), items=len(items))
-    failed: set[str] = set()
-    streak = 0
-    for item, instance_id in items:
-        if streak >= _GIVE_UP_AFTER:
-            failed.add(instance_id)
-            continue
-        try:
-            await operation([item])
-            streak = 0
-        except SchedulerError as exc:
-            streak += 1
-            failed.add(instance_id)
-            log.error("scheduler_update_failed", instance_id=instance_id, error=str(exc))
-    return failed
 
 
 def _received(message: dict[str, Any]) -> Received:

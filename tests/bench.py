@@ -41,7 +41,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from rich.table import Table
 
 from cfncluster_node import commands, logs, messages
 from cfncluster_node.aws import Aws
-from cfncluster_node.config import AwsSettings, ClusterSettings, SlurmSettings, SqsWatcherSettings
+from cfncluster_node.config import AwsSettings, SlurmSettings, SqsWatcherSettings
 from cfncluster_node.instances import (
     InstanceRecord,
     InstanceState,
@@ -62,6 +62,7 @@ from cfncluster_node.instances import (
 from cfncluster_node.localaws import MotoServer, create_cluster_resources
 from cfncluster_node.localslurm import LocalSlurm, SlurmUnavailable
 from cfncluster_node.messages import LEAVE_EVENT, READY_EVENT
+from cfncluster_node.registry import Registry
 from cfncluster_node.schedulers import Host
 from cfncluster_node.schedulers.slurm import Slurm
 from cfncluster_node.sqswatcher import SqsWatcher
@@ -468,13 +469,13 @@ async def running_watcher(
     watcher_aws: Aws, queue_url: str, table: str, slurm: SlurmSettings, probe: Probe
 ) -> AsyncIterator[asyncio.Task[None]]:
     """The watcher as the daemon runs it, in a task; stopped, whatever happens."""
-    watcher = SqsWatcher(
-        watcher_aws,
-        SqsWatcherSettings(queue=queue_url, table=table),
-        ClusterSettings(stack_name=STACK, region=REGION),
+    registry = Registry(
         ObservedTable(watcher_aws, table, probe),
         Slurm(slurm),
+        default_slots=SLOTS,
+        tombstone_for=timedelta(days=7),
     )
+    watcher = SqsWatcher(watcher_aws, SqsWatcherSettings(queue=queue_url), registry)
     stop = asyncio.Event()
     task = asyncio.create_task(watcher.run(stop))
     try:

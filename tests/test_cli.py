@@ -34,8 +34,8 @@ def test_missing_config_file_exits_2_naming_the_file_and_the_fix(tmp_path: Path)
 def test_every_bad_key_is_one_line_naming_file_key_expected_and_found(tmp_path: Path) -> None:
     config = tmp_path / "node.toml"
     config.write_text(
-        '[cluster]\nstack_name = "c1"\nregion = "us-east-1"\n'
-        '[sqswatcher]\nqueue = "q"\ntable = "jobs"\nreceivers = "four"\nvisibilty_timeout = 30\n'
+        '[cluster]\nstack_name = "c1"\nregion = "us-east-1"\ntable = "jobs"\n'
+        '[sqswatcher]\nqueue = "q"\nreceivers = "four"\nvisibilty_timeout = 30\n'
     )
 
     result = cfncluster_node("run", "--config", str(config))
@@ -53,8 +53,8 @@ def test_every_bad_key_is_one_line_naming_file_key_expected_and_found(tmp_path: 
 def test_check_config_prints_the_defaults_it_filled_in(tmp_path: Path) -> None:
     config = tmp_path / "node.toml"
     config.write_text(
-        '[cluster]\nstack_name = "c1"\nregion = "us-east-1"\n'
-        '[sqswatcher]\nqueue = "q"\ntable = "jobs"\n'
+        '[cluster]\nstack_name = "c1"\nregion = "us-east-1"\ntable = "jobs"\n'
+        '[sqswatcher]\nqueue = "q"\n'
     )
 
     result = cfncluster_node(

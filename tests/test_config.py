@@ -14,10 +14,10 @@ MINIMAL = """\
 [cluster]
 stack_name = "demo"
 region = "us-east-1"
+table = "demo-instances"
 
 [sqswatcher]
 queue = "demo-queue"
-table = "demo-instances"
 """
 
 
@@ -41,7 +41,7 @@ def test_minimal_file_is_valid() -> None:
     assert loaded.cluster.stack_name == "demo"
     assert loaded.cluster.region == "us-east-1"
     assert loaded.sqswatcher.queue == "demo-queue"
-    assert loaded.sqswatcher.table == "demo-instances"
+    assert loaded.cluster.table == "demo-instances"
 
 
 def test_defaults_fill_every_optional_key() -> None:
@@ -52,7 +52,7 @@ def test_defaults_fill_every_optional_key() -> None:
     assert loaded.sqswatcher.receivers == 4
     assert loaded.sqswatcher.max_batch == 1000
     assert loaded.sqswatcher.visibility_timeout == 120
-    assert loaded.sqswatcher.tombstone_days == 7.0
+    assert loaded.cluster.tombstone_days == 7.0
     assert loaded.aws.retry_mode == "adaptive"
     assert loaded.aws.max_attempts == 8
     assert loaded.aws.read_timeout > 20
@@ -85,7 +85,7 @@ def test_configuration_is_frozen() -> None:
     [
         ("sqswatcher", "receivers = 0", "sqswatcher.receivers", "greater than or equal to 1", "0"),
         ("sqswatcher", 'receivers = "four"', "sqswatcher.receivers", "a valid integer", "'four'"),
-        ("sqswatcher", "tombstone_days = -1", "sqswatcher.tombstone_days", "greater than 0", "-1"),
+        ("cluster", "tombstone_days = -1", "cluster.tombstone_days", "greater than 0", "-1"),
         ("cluster", "default_slots = 1.5", "cluster.default_slots", "a valid integer", "1.5"),
         ("aws", 'retry_mode = "fast"', "aws.retry_mode", "'standard' or 'adaptive'", "'fast'"),
         ("aws", 'proxy = "ftp://proxy"', "aws.proxy", "match pattern", "'ftp://proxy'"),
@@ -130,7 +130,7 @@ def test_section_of_the_wrong_type_is_reported() -> None:
 def test_missing_required_key_is_named() -> None:
     message = error_of(MINIMAL.replace('table = "demo-instances"\n', ""))
 
-    assert message == f"{SOURCE}: key 'sqswatcher.table' is required but missing"
+    assert message == f"{SOURCE}: key 'cluster.table' is required but missing"
 
 
 def test_missing_section_is_named() -> None:

@@ -33,10 +33,10 @@ def write_config(path: Path, cluster: ClusterResources, slurm: LocalSlurm) -> Pa
 [cluster]
 stack_name = "crash"
 region = "us-east-1"
+table = "{cluster.table}"
 
 [sqswatcher]
 queue = "{cluster.queue_url}"
-table = "{cluster.table}"
 visibility_timeout = 10
 max_batch = 20
 

@@ -122,7 +122,7 @@ def publisher(aws: Aws, settings: SlurmSettings, *, interval: float = 60) -> Pub
     return Publisher(
         aws,
         PublisherSettings(interval=interval),
-        ClusterSettings(stack_name="test", region="us-east-1", max_size=10),
+        ClusterSettings(stack_name="test", region="us-east-1", table="unused", max_size=10),
         Slurm(settings),
         burst=interval == 60,
     )

@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from cfncluster_node.aws import Aws, AwsError
-from cfncluster_node.config import AwsSettings, ClusterSettings, SlurmSettings, SqsWatcherSettings
+from cfncluster_node.config import AwsSettings, SlurmSettings, SqsWatcherSettings
 from cfncluster_node.instances import InstanceRecord, InstanceState, InstanceTable
 from cfncluster_node.localaws import (
     ClusterResources,
@@ -23,6 +23,7 @@ from cfncluster_node.localaws import (
 )
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import LEAVE_EVENT, READY_EVENT, compute_notice
+from cfncluster_node.registry import Registry
 from cfncluster_node.schedulers import Host, Scheduler
 from cfncluster_node.schedulers.slurm import Slurm
 from cfncluster_node.sqswatcher import SqsWatcher
@@ -48,6 +49,28 @@ def ready(n: int, *, at: datetime = T0, hostname: str | None = None, prefix: str
     )
 
 
+def registry_for(
+    aws: Aws,
+    cluster: ClusterResources,
+    scheduler: SlurmSettings | Scheduler,
+    table: InstanceTable | None = None,
+) -> Registry:
+    return Registry(
+        table or InstanceTable(aws, cluster.table),
+        Slurm(scheduler) if isinstance(scheduler, SlurmSettings) else scheduler,
+        default_slots=1,
+        tombstone_for=timedelta(days=7),
+    )
+
+
+def watcher_for(
+    aws: Aws, cluster: ClusterResources, registry: Registry, *, burst: bool, **settings: Any
+) -> SqsWatcher:
+    return SqsWatcher(
+        aws, SqsWatcherSettings(queue=cluster.queue_url, **settings), registry, burst=burst
+    )
+
+
 async def drain(
     aws: Aws,
     cluster: ClusterResources,
@@ -57,14 +80,8 @@ async def drain(
     **settings: Any,
 ) -> None:
     """Run a watcher in burst mode until the queue has nothing visible left."""
-    watcher = SqsWatcher(
-        aws,
-        SqsWatcherSettings(queue=cluster.queue_url, table=cluster.table, **settings),
-        ClusterSettings(stack_name="test", region="us-east-1"),
-        table or InstanceTable(aws, cluster.table),
-        Slurm(scheduler) if isinstance(scheduler, SlurmSettings) else scheduler,
-        burst=True,
-    )
+    registry = registry_for(aws, cluster, scheduler, table)
+    watcher = watcher_for(aws, cluster, registry, burst=True, **settings)
     await asyncio.wait_for(watcher.run(asyncio.Event()), 60)
 
 
@@ -311,13 +328,7 @@ async def test_stop_releases_unapplied_messages_for_the_next_watcher(
 ) -> None:
     stop = asyncio.Event()
     stop.set()  # stopped before it could apply anything it receives
-    watcher = SqsWatcher(
-        aws,
-        SqsWatcherSettings(queue=cluster.queue_url, table=cluster.table),
-        ClusterSettings(stack_name="test", region="us-east-1"),
-        InstanceTable(aws, cluster.table),
-        Slurm(slurm.settings),
-    )
+    watcher = watcher_for(aws, cluster, registry_for(aws, cluster, slurm.settings), burst=False)
     await send_messages(aws, cluster.queue_url, [ready(1)])
     await asyncio.wait_for(watcher.run(stop), 30)
 

@@ -1,0 +1,34 @@
+"""The head node's services, built from the configuration: the one place they are wired."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cfncluster_node import schedulers, supervisor
+from cfncluster_node.aws import Aws
+from cfncluster_node.config import Config, ServiceName
+from cfncluster_node.instances import InstanceTable
+from cfncluster_node.publisher import Publisher
+from cfncluster_node.registry import Registry
+from cfncluster_node.sqswatcher import SqsWatcher
+
+
+def build_registry(settings: Config, aws: Aws) -> Registry:
+    return Registry(
+        InstanceTable(aws, settings.cluster.table),
+        schedulers.create(settings),
+        default_slots=settings.cluster.default_slots,
+        tombstone_for=timedelta(days=settings.cluster.tombstone_days),
+    )
+
+
+def build(
+    name: ServiceName, settings: Config, aws: Aws, registry: Registry, *, burst: bool = False
+) -> supervisor.Service:
+    match name:
+        case "sqswatcher":
+            return SqsWatcher(aws, settings.sqswatcher, registry, burst=burst)
+        case "publisher":
+            return Publisher(
+                aws, settings.publisher, settings.cluster, registry.scheduler, burst=burst
+            )
