@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
 ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
 
-ServiceName = Literal["sqswatcher", "publisher"]
+ServiceName = Literal["sqswatcher", "publisher", "reconciler"]
 
 
 class ConfigError(Exception):
@@ -40,6 +40,8 @@ class ClusterSettings(_Section):
     # The DynamoDB instance table, and how long a terminated instance's row stays.
     table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
     tombstone_days: StrictFloat = Field(default=7.0, gt=0)
+    # The compute Auto Scaling group, for the reconciler's "never joined" check.
+    compute_group: str | None = Field(default=None, min_length=1, max_length=255)
 
 
 class AwsSettings(_Section):
@@ -61,6 +63,14 @@ class SqsWatcherSettings(_Section):
 
 class PublisherSettings(_Section):
     interval: StrictFloat = Field(default=60.0, gt=0)
+
+
+class ReconcilerSettings(_Section):
+    interval: StrictFloat = Field(default=300.0, gt=0)
+    # A running instance that has not joined after this many seconds is reported.
+    join_timeout: StrictFloat = Field(default=900.0, ge=0)
+    # ... and terminated, so the group launches a replacement.
+    replace_unjoined: bool = False
 
 
 class SlurmSettings(_Section):
@@ -89,6 +99,7 @@ class Config(_Section):
     sqswatcher: SqsWatcherSettings
     aws: AwsSettings = AwsSettings()
     publisher: PublisherSettings = PublisherSettings()
+    reconciler: ReconcilerSettings = ReconcilerSettings()
     slurm: SlurmSettings = SlurmSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -54,6 +54,19 @@ class Registry:
         async with self._lock:
             return await self._apply(list(events))
 
+    async def remove_unowned(self, hostnames: Iterable[str]) -> list[str]:
+        """Remove the scheduler hosts that no joined instance holds; return them.
+
+        Checked again under the lock: a host seen unowned a moment ago may have been
+        registered since.
+        """
+        async with self._lock:
+            owners = await self.hostnames()
+            unowned = sorted(name for name in set(hostnames) if owners.owner(name) is None)
+            if unowned:
+                await self.scheduler.remove_hosts(unowned)
+            return unowned
+
     async def _apply(self, events: list[InstanceEvent]) -> set[str]:
         histories = lifecycle.coalesce(events)
         records = await self.table.get_many(histories)

@@ -9,6 +9,7 @@ from cfncluster_node.aws import Aws
 from cfncluster_node.config import Config, ServiceName
 from cfncluster_node.instances import InstanceTable
 from cfncluster_node.publisher import Publisher
+from cfncluster_node.reconciler import Reconciler
 from cfncluster_node.registry import Registry
 from cfncluster_node.sqswatcher import SqsWatcher
 
@@ -28,6 +29,8 @@ def build(
     match name:
         case "sqswatcher":
             return SqsWatcher(aws, settings.sqswatcher, registry, burst=burst)
+        case "reconciler":
+            return Reconciler(aws, settings.reconciler, settings.cluster, registry, burst=burst)
         case "publisher":
             return Publisher(
                 aws, settings.publisher, settings.cluster, registry.scheduler, burst=burst

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from cfncluster_node import logs, messages
+from cfncluster_node import ec2, logs, messages
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import SqsWatcherSettings
 from cfncluster_node.messages import EventKind, InstanceEvent, MessageError
@@ -245,16 +245,7 @@ class SqsWatcher:
         )
         if not unnamed:
             return events
-        found: dict[str, dict[str, Any]] = {}
-        for start in range(0, len(unnamed), 200):
-            response = await self._aws.call(
-                "ec2",
-                "describe_instances",
-                Filters=[{"Name": "instance-id", "Values": unnamed[start : start + 200]}],
-            )
-            for reservation in response.get("Reservations", []):
-                for instance in reservation.get("Instances", []):
-                    found[instance["InstanceId"]] = instance
+        found = await ec2.describe_instances(self._aws, unnamed)
         named = []
         for event in events:
             instance = found.get(event.instance_id)

@@ -1,0 +1,220 @@
+"""The reconciler: drift between EC2, the table and Slurm, found (pure) and healed (real)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from cfncluster_node.aws import Aws
+from cfncluster_node.config import ClusterSettings, ReconcilerSettings
+from cfncluster_node.instances import InstanceRecord, InstanceState
+from cfncluster_node.lifecycle import Hostnames
+from cfncluster_node.localaws import ClusterResources, send_messages
+from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.messages import READY_EVENT, compute_notice
+from cfncluster_node.reconciler import Drift, Instance, Reconciler, diagnose, healing_events
+from cfncluster_node.schedulers import Host
+from cfncluster_node.schedulers.slurm import Slurm
+from tests.test_sqswatcher import drain, registry_for, rows, slurm_hosts
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+A, B, C = "i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"
+
+
+def row(
+    instance: str, state: InstanceState, hostname: str | None, *, age_min: int = 60
+) -> InstanceRecord:
+    at = NOW - timedelta(minutes=age_min)
+    joined = at if state is not InstanceState.LAUNCHED else None
+    return InstanceRecord(instance, state, at, at, hostname=hostname, joined_at=joined, slots=4)
+
+
+def check(
+    rows: list[InstanceRecord],
+    instances: dict[str, str],
+    hosts: list[str],
+    group: tuple[str, ...] = (),
+) -> Drift:
+    return diagnose(
+        {r.instance_id: r for r in rows},
+        {i: Instance(i, state, NOW - timedelta(hours=1)) for i, state in instances.items()},
+        group,
+        hosts,
+        Hostnames(rows),
+        now=NOW,
+        join_timeout=timedelta(minutes=15),
+    )
+
+
+def test_a_consistent_fleet_has_no_drift() -> None:
+    drift = check(
+        [row(A, InstanceState.READY, "h-a"), row(B, InstanceState.TERMINATED, "h-b")],
+        {A: "running"},
+        ["h-a"],
+        group=(A,),
+    )
+    assert not drift
+
+
+def test_an_instance_ec2_reports_gone_or_no_longer_knows_is_gone() -> None:
+    drift = check(
+        [
+            row(A, InstanceState.READY, "h-a"),
+            row(B, InstanceState.LEFT, "h-b"),
+            row(C, InstanceState.LAUNCHED, None),
+        ],
+        {A: "terminated", B: "shutting-down"},
+        ["h-a"],
+    )
+    assert [r.instance_id for r in drift.gone] == [A, B, C]
+
+
+def test_an_instance_ec2_does_not_know_yet_is_not_gone() -> None:
+    drift = check([row(A, InstanceState.LAUNCHED, None, age_min=1)], {}, [])
+    assert drift.gone == []
+
+
+def test_a_joined_running_instance_missing_from_the_scheduler_is_a_lost_host() -> None:
+    drift = check(
+        [row(A, InstanceState.READY, "h-a"), row(B, InstanceState.LEFT, "h-b")],
+        {A: "running", B: "running"},
+        [],
+    )
+    assert [r.instance_id for r in drift.lost_hosts] == [A]
+
+
+def test_a_host_no_joined_instance_holds_is_unowned() -> None:
+    drift = check([row(A, InstanceState.LEFT, "h-a")], {A: "running"}, ["h-a", "h-x"])
+    assert drift.unowned_hosts == ["h-a", "h-x"]
+
+
+def test_a_group_instance_running_long_without_joining_never_joined() -> None:
+    drift = check(
+        [row(A, InstanceState.LAUNCHED, None), row(B, InstanceState.READY, "h-b")],
+        {A: "running", B: "running", C: "pending"},
+        ["h-b"],
+        group=(A, B, C),
+    )
+    assert drift.never_joined == [A]
+
+
+def test_healing_replays_the_events_the_queue_lost() -> None:
+    drift = Drift(
+        gone=[row(A, InstanceState.READY, "h-a")], lost_hosts=[row(B, InstanceState.READY, "h-b")]
+    )
+
+    events = healing_events(drift, NOW)
+
+    assert [(e.kind.value, e.instance_id, e.time, e.hostname) for e in events] == [
+        ("terminate", A, NOW, None),
+        ("ready", B, NOW - timedelta(minutes=60), "h-b"),
+    ]
+
+
+async def launch(aws: Aws, count: int) -> list[str]:
+    response = await aws.call(
+        "ec2",
+        "run_instances",
+        ImageId="ami-12c6146b",
+        MinCount=count,
+        MaxCount=count,
+        InstanceType="c5.large",
+    )
+    return sorted(instance["InstanceId"] for instance in response["Instances"])
+
+
+def reconciler(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, **settings: Any
+) -> Reconciler:
+    return Reconciler(
+        aws,
+        ReconcilerSettings(**settings),
+        ClusterSettings(
+            stack_name="test", region="us-east-1", table=cluster.table, compute_group="compute"
+        ),
+        registry_for(aws, cluster, slurm.settings),
+        burst=True,
+    )
+
+
+async def test_lost_messages_and_a_tampered_scheduler_are_healed_in_one_pass(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
+) -> None:
+    ids = await launch(aws, 3)
+    joins = [
+        compute_notice(
+            READY_EVENT, instance, NOW, hostname=f"ip-10-7-0-{n}", address=f"127.7.0.{n}", slots=4
+        )
+        for n, instance in enumerate(ids)
+    ]
+    await send_messages(aws, cluster.queue_url, joins)
+    await drain(aws, cluster, slurm.settings)
+    # A spot reclaim whose notification was lost; a host deleted by hand; a stray host.
+    await aws.call("ec2", "terminate_instances", InstanceIds=[ids[0]])
+    slurm.scontrol("delete", "NodeName=ip-10-7-0-1")
+    await Slurm(slurm.settings).add_hosts([Host("ip-10-7-9-9", 4, "127.7.9.9")])
+
+    with structlog.testing.capture_logs() as records:
+        drift = await reconciler(aws, cluster, slurm).tick()
+
+    assert drift is not None
+    assert await slurm_hosts(slurm) == {"ip-10-7-0-1": "127.7.0.1", "ip-10-7-0-2": "127.7.0.2"}
+    assert (await rows(aws, cluster))[ids[0]].state is InstanceState.TERMINATED
+    fixes = sorted(
+        (r["event"], r.get("instance_id") or r.get("hostname"))
+        for r in records
+        if r["event"].startswith("drift_")
+    )
+    assert fixes == sorted(
+        [
+            ("drift_instance_gone", ids[0]),
+            ("drift_host_missing", ids[1]),
+            ("drift_unowned_host_removed", "ip-10-7-9-9"),
+        ]
+    )
+
+    assert await reconciler(aws, cluster, slurm).tick() == Drift()  # nothing left to heal
+
+
+async def test_an_instance_that_never_joined_is_replaced_when_configured(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
+) -> None:
+    await aws.call(
+        "autoscaling",
+        "create_launch_configuration",
+        LaunchConfigurationName="compute",
+        ImageId="ami-12c6146b",
+        InstanceType="c5.large",
+    )
+    await aws.call(
+        "autoscaling",
+        "create_auto_scaling_group",
+        AutoScalingGroupName="compute",
+        LaunchConfigurationName="compute",
+        MinSize=0,
+        MaxSize=2,
+        DesiredCapacity=1,
+        AvailabilityZones=["us-east-1a"],
+    )
+    [stuck] = await group_instances(aws)
+
+    with structlog.testing.capture_logs() as records:
+        drift = await reconciler(aws, cluster, slurm, join_timeout=0, replace_unjoined=True).tick()
+
+    assert drift is not None and drift.never_joined == [stuck]
+    assert [r["instance_id"] for r in records if r["event"] == "drift_never_joined_replaced"] == [
+        stuck
+    ]
+    [replacement] = await group_instances(aws)
+    assert replacement != stuck
+    state = await aws.call("ec2", "describe_instances", InstanceIds=[stuck])
+    assert state["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
+
+
+async def group_instances(aws: Aws) -> list[str]:
+    response = await aws.call(
+        "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=["compute"]
+    )
+    return [i["InstanceId"] for g in response["AutoScalingGroups"] for i in g["Instances"]]
