@@ -7,11 +7,25 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cfncluster_node import __version__, announce, config, logs, messages, services, supervisor
+from rich.console import Console
+
+from cfncluster_node import (
+    __version__,
+    announce,
+    config,
+    logs,
+    messages,
+    reconciler,
+    services,
+    status,
+    supervisor,
+)
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
+from cfncluster_node.schedulers import SchedulerError
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -25,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"cfncluster-node: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    except (AwsError, announce.AnnounceError) as exc:
+    except (AwsError, SchedulerError, announce.AnnounceError) as exc:
         print(f"cfncluster-node: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -55,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
         alone = with_config(service, help_text)
         alone.add_argument("--burst", action="store_true", help=burst_help)
         alone.set_defaults(handler=_one_service, service=service)
+
+    status = with_config("status", "the compute fleet as EC2, the table and the scheduler see it")
+    status.add_argument("--json", action="store_true", help="JSON for scripts")
+    status.set_defaults(handler=_status)
 
     check = with_config("check-config", "validate the configuration and print it")
     check.set_defaults(handler=_check_config)
@@ -108,6 +126,28 @@ def _run(args: argparse.Namespace) -> int:
 
 def _one_service(args: argparse.Namespace) -> int:
     return _serve(_configured(args), [args.service], burst=args.burst)
+
+
+def _status(args: argparse.Namespace) -> int:
+    settings = config.load(args.config)
+    logs.configure("warning", settings.logging.format, stream=sys.stderr)
+
+    async def main() -> list[status.FleetRow]:
+        async with Aws(settings.aws, settings.cluster.region) as aws:
+            registry = services.build_registry(settings, aws)
+            seen = await reconciler.observe(aws, registry, settings.cluster.compute_group)
+        now = datetime.now(UTC)
+        join_timeout = timedelta(seconds=settings.reconciler.join_timeout)
+        return status.fleet_rows(
+            seen, reconciler.diagnose(seen, now=now, join_timeout=join_timeout), now
+        )
+
+    rows = asyncio.run(main())
+    if args.json:
+        print(status.as_json(rows))
+    else:
+        Console().print(status.as_table(rows))
+    return 0
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +24,7 @@ from cfncluster_node.instances import InstanceRecord, InstanceState
 from cfncluster_node.lifecycle import Hostnames
 from cfncluster_node.messages import EventKind, InstanceEvent
 from cfncluster_node.registry import Registry
-from cfncluster_node.schedulers import SchedulerError
+from cfncluster_node.schedulers import HostStatus, SchedulerError
 
 # EC2 states of an instance that will never serve again.
 GONE = frozenset({"shutting-down", "terminated"})
@@ -44,6 +43,53 @@ class Instance:
 
 
 @dataclass(frozen=True)
+class Member:
+    """What the compute group says of one of its instances."""
+
+    lifecycle: str
+    protected: bool
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The three views of the fleet, read one after the other."""
+
+    rows: dict[str, InstanceRecord]
+    instances: dict[str, Instance]
+    group: dict[str, Member]
+    hosts: dict[str, HostStatus]
+    hostnames: Hostnames
+
+
+async def observe(aws: Aws, registry: Registry, compute_group: str | None) -> Observation:
+    rows = {row.instance_id: row for row in await registry.table.scan()}
+    group = await _group_members(aws, compute_group)
+    live = {i for i, row in rows.items() if row.state is not InstanceState.TERMINATED}
+    described = await ec2.describe_instances(aws, live | set(group))
+    instances = {
+        i: Instance(i, item["State"]["Name"], item.get("LaunchTime"))
+        for i, item in described.items()
+    }
+    hosts = {host.hostname: host for host in await registry.scheduler.list_hosts()}
+    return Observation(rows, instances, group, hosts, await registry.hostnames())
+
+
+async def _group_members(aws: Aws, name: str | None) -> dict[str, Member]:
+    if name is None:
+        return {}
+    response = await aws.call(
+        "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[name]
+    )
+    return {
+        instance["InstanceId"]: Member(
+            instance.get("LifecycleState", ""), bool(instance.get("ProtectedFromScaleIn"))
+        )
+        for group in response.get("AutoScalingGroups", [])
+        for instance in group.get("Instances", [])
+    }
+
+
+@dataclass(frozen=True)
 class Drift:
     gone: list[InstanceRecord] = field(default_factory=list)
     lost_hosts: list[InstanceRecord] = field(default_factory=list)
@@ -54,37 +100,27 @@ class Drift:
         return bool(self.gone or self.lost_hosts or self.unowned_hosts or self.never_joined)
 
 
-def diagnose(
-    rows: Mapping[str, InstanceRecord],
-    instances: Mapping[str, Instance],
-    group: Iterable[str],
-    hosts: Iterable[str],
-    hostnames: Hostnames,
-    *,
-    now: datetime,
-    join_timeout: timedelta,
-) -> Drift:
+def diagnose(seen: Observation, *, now: datetime, join_timeout: timedelta) -> Drift:
     """Compare the three views; pure."""
-    registered = set(hosts)
     drift = Drift()
-    for instance_id, row in sorted(rows.items()):
+    for instance_id, row in sorted(seen.rows.items()):
         if row.state is InstanceState.TERMINATED:
             continue
-        state = instances.get(instance_id, Instance(instance_id, MISSING)).state
+        state = seen.instances.get(instance_id, Instance(instance_id, MISSING)).state
         if state in GONE or (state == MISSING and now - row.updated_at > _YOUNG):
             drift.gone.append(row)
         elif (
             row.state is InstanceState.READY
             and state == "running"
             and row.hostname is not None
-            and row.hostname not in registered
-            and hostnames.owner(row.hostname) == instance_id
+            and row.hostname not in seen.hosts
+            and seen.hostnames.owner(row.hostname) == instance_id
         ):
             drift.lost_hosts.append(row)
-    drift.unowned_hosts.extend(sorted(h for h in registered if hostnames.owner(h) is None))
-    for instance_id in sorted(set(group)):
-        instance = instances.get(instance_id)
-        known = rows.get(instance_id)
+    drift.unowned_hosts.extend(sorted(h for h in seen.hosts if seen.hostnames.owner(h) is None))
+    for instance_id in sorted(seen.group):
+        instance = seen.instances.get(instance_id)
+        known = seen.rows.get(instance_id)
         joined = known is not None and known.state is not InstanceState.LAUNCHED
         if (
             instance is not None
@@ -156,29 +192,17 @@ class Reconciler:
         """Reconcile once; None when a view could not be read (nothing was changed)."""
         started = time.monotonic()
         try:
-            rows = {row.instance_id: row for row in await self._registry.table.scan()}
-            group = await self._group_instances()
-            live = {i for i, row in rows.items() if row.state is not InstanceState.TERMINATED}
-            instances = await self._describe(live | set(group))
-            hosts = [host.hostname for host in await self._registry.scheduler.list_hosts()]
+            seen = await observe(self._aws, self._registry, self._cluster.compute_group)
         except (AwsError, SchedulerError) as exc:
             self._log.warning("reconcile_skipped", error=str(exc))
             return None
         now = datetime.now(UTC)
-        drift = diagnose(
-            rows,
-            instances,
-            group,
-            hosts,
-            await self._registry.hostnames(),
-            now=now,
-            join_timeout=timedelta(seconds=self._settings.join_timeout),
-        )
+        drift = diagnose(seen, now=now, join_timeout=timedelta(seconds=self._settings.join_timeout))
         await self._heal(drift, now)
         self._log.info(
             "reconciled",
-            instances=len(live),
-            hosts=len(hosts),
+            rows=len(seen.rows),
+            hosts=len(seen.hosts),
             gone=len(drift.gone),
             lost_hosts=len(drift.lost_hosts),
             unowned_hosts=len(drift.unowned_hosts),
@@ -223,22 +247,3 @@ class Reconciler:
             log.error("instance_replace_failed", error=str(exc))
             return
         log.warning("drift_never_joined_replaced", join_timeout_s=self._settings.join_timeout)
-
-    async def _group_instances(self) -> list[str]:
-        name = self._cluster.compute_group
-        if name is None:
-            return []
-        response = await self._aws.call(
-            "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[name]
-        )
-        return [
-            instance["InstanceId"]
-            for group in response.get("AutoScalingGroups", [])
-            for instance in group.get("Instances", [])
-        ]
-
-    async def _describe(self, instance_ids: set[str]) -> dict[str, Instance]:
-        return {
-            instance_id: Instance(instance_id, item["State"]["Name"], item.get("LaunchTime"))
-            for instance_id, item in (await ec2.describe_instances(self._aws, instance_ids)).items()
-        }

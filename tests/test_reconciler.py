@@ -14,8 +14,16 @@ from cfncluster_node.lifecycle import Hostnames
 from cfncluster_node.localaws import ClusterResources, send_messages
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import READY_EVENT, compute_notice
-from cfncluster_node.reconciler import Drift, Instance, Reconciler, diagnose, healing_events
-from cfncluster_node.schedulers import Host
+from cfncluster_node.reconciler import (
+    Drift,
+    Instance,
+    Member,
+    Observation,
+    Reconciler,
+    diagnose,
+    healing_events,
+)
+from cfncluster_node.schedulers import Host, HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
 from tests.test_sqswatcher import drain, registry_for, rows, slurm_hosts
 
@@ -37,15 +45,16 @@ def check(
     hosts: list[str],
     group: tuple[str, ...] = (),
 ) -> Drift:
-    return diagnose(
-        {r.instance_id: r for r in rows},
-        {i: Instance(i, state, NOW - timedelta(hours=1)) for i, state in instances.items()},
-        group,
-        hosts,
-        Hostnames(rows),
-        now=NOW,
-        join_timeout=timedelta(minutes=15),
+    seen = Observation(
+        rows={r.instance_id: r for r in rows},
+        instances={
+            i: Instance(i, state, NOW - timedelta(hours=1)) for i, state in instances.items()
+        },
+        group={i: Member("InService", protected=False) for i in group},
+        hosts={h: HostStatus(h, 4, None, "idle", available=True, busy=False) for h in hosts},
+        hostnames=Hostnames(rows),
     )
+    return diagnose(seen, now=NOW, join_timeout=timedelta(minutes=15))
 
 
 def test_a_consistent_fleet_has_no_drift() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
@@ -36,6 +37,8 @@ class HostStatus:
     available: bool
     #: Running (or finishing) work.
     busy: bool
+    #: Since when an idle host has had nothing to run, if the scheduler knows.
+    idle_since: datetime | None = None
 
 
 class Holdup(StrEnum):

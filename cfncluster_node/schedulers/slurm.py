@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from cfncluster_node import commands
 from cfncluster_node.config import SlurmSettings
@@ -48,6 +49,7 @@ class _Node:
     address: str
     flags: frozenset[str]
     features: frozenset[str]
+    last_busy: datetime | None
 
 
 def parse_nodes(text: str) -> list[_Node]:
@@ -70,9 +72,18 @@ def parse_nodes(text: str) -> list[_Node]:
                 address=_field(line, "NodeAddr") or name,
                 flags=frozenset(_field(line, "State").upper().split("+")) - {""},
                 features=frozenset(_field(line, "AvailableFeatures").split(",")) - {"(null)", ""},
+                last_busy=_local_time(_field(line, "LastBusyTime")),
             )
         )
     return nodes
+
+
+def _local_time(text: str) -> datetime | None:
+    """Slurm prints times in slurmctld's local time zone, without saying which."""
+    try:
+        return datetime.fromisoformat(text).astimezone()
+    except ValueError:
+        return None  # "None", "Unknown"
 
 
 def _field(line: str, key: str) -> str:
@@ -123,6 +134,7 @@ class Slurm:
                 state="+".join(sorted(node.flags)).lower(),
                 available=not node.flags & _UNAVAILABLE,
                 busy=bool(node.flags & _BUSY),
+                idle_since=None if node.flags & _BUSY else node.last_busy,
             )
             for node in (await self._nodes()).values()
             if self._settings.feature in node.features

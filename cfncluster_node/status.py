@@ -1,0 +1,111 @@
+"""``cfncluster-node status``: the fleet as one table, each instance as EC2, the instance
+table and the scheduler see it, with what the reconciler would heal marked as drift."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+from rich.table import Table
+
+from cfncluster_node.instances import InstanceState
+from cfncluster_node.reconciler import MISSING, Drift, Observation
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    instance_id: str | None
+    hostname: str | None
+    ec2: str | None
+    table: str | None
+    scheduler: str | None
+    slots: int | None
+    idle_s: int | None
+    protected: bool | None
+    drift: str | None
+
+
+def fleet_rows(seen: Observation, drift: Drift, now: datetime) -> list[FleetRow]:
+    """One row per live instance (table or group), then the hosts no instance holds."""
+    marks = {row.instance_id: "instance_gone" for row in drift.gone}
+    marks |= {row.instance_id: "host_missing" for row in drift.lost_hosts}
+    marks |= dict.fromkeys(drift.never_joined, "never_joined")
+    live = {i for i, row in seen.rows.items() if row.state is not InstanceState.TERMINATED}
+    rows = []
+    shown_hosts = set()
+    for instance_id in sorted(live | set(seen.group)):
+        record = seen.rows.get(instance_id)
+        hostname = record.hostname if record else None
+        owned = hostname is not None and seen.hostnames.owner(hostname) == instance_id
+        host = seen.hosts.get(hostname) if owned and hostname else None
+        if host is not None:
+            shown_hosts.add(host.hostname)
+        instance = seen.instances.get(instance_id)
+        member = seen.group.get(instance_id)
+        rows.append(
+            FleetRow(
+                instance_id=instance_id,
+                hostname=hostname,
+                ec2=instance.state if instance else MISSING,
+                table=record.state.value if record else None,
+                scheduler=host.state if host else None,
+                slots=host.slots if host else record.slots if record else None,
+                idle_s=_seconds_since(host.idle_since, now) if host else None,
+                protected=member.protected if member else None,
+                drift=marks.get(instance_id),
+            )
+        )
+    for hostname in sorted(set(seen.hosts) - shown_hosts):
+        host = seen.hosts[hostname]
+        rows.append(
+            FleetRow(
+                instance_id=None,
+                hostname=hostname,
+                ec2=None,
+                table=None,
+                scheduler=host.state,
+                slots=host.slots,
+                idle_s=_seconds_since(host.idle_since, now),
+                protected=None,
+                drift="unowned_host" if hostname in drift.unowned_hosts else None,
+            )
+        )
+    return rows
+
+
+def _seconds_since(moment: datetime | None, now: datetime) -> int | None:
+    return None if moment is None else max(0, int((now - moment).total_seconds()))
+
+
+def as_json(rows: list[FleetRow]) -> str:
+    return json.dumps([asdict(row) for row in rows], indent=2)
+
+
+def as_table(rows: list[FleetRow]) -> Table:
+    table = Table(title=f"compute fleet: {len(rows)} rows", title_justify="left")
+    for column in (
+        "instance",
+        "hostname",
+        "EC2",
+        "table",
+        "scheduler",
+        "slots",
+        "idle",
+        "protected",
+        "drift",
+    ):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row.instance_id or "-",
+            row.hostname or "-",
+            row.ec2 or "-",
+            row.table or "-",
+            row.scheduler or "-",
+            "-" if row.slots is None else str(row.slots),
+            "-" if row.idle_s is None else f"{row.idle_s // 60} min",
+            "-" if row.protected is None else ("yes" if row.protected else "no"),
+            f"[bold red]{row.drift}[/]" if row.drift else "",
+        )
+    return table

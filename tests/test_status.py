@@ -1,0 +1,102 @@
+"""`cfncluster-node status`: the fleet in one table (pure), and the command on real parts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cfncluster_node.aws import Aws
+from cfncluster_node.instances import InstanceRecord, InstanceState
+from cfncluster_node.lifecycle import Hostnames
+from cfncluster_node.localaws import ClusterResources, MotoServer, send_messages
+from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.messages import READY_EVENT, compute_notice
+from cfncluster_node.reconciler import Drift, Instance, Member, Observation
+from cfncluster_node.schedulers import Host, HostStatus
+from cfncluster_node.schedulers.slurm import Slurm
+from cfncluster_node.status import FleetRow, fleet_rows
+from tests.test_reconciler import launch
+from tests.test_sqswatcher import drain
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+A, B = "i-0000000000000000a", "i-0000000000000000b"
+
+
+def test_each_instance_shows_its_three_views_and_stray_hosts_follow() -> None:
+    rows = [
+        InstanceRecord(A, InstanceState.READY, NOW, NOW, hostname="h-a", slots=4, joined_at=NOW),
+        InstanceRecord(B, InstanceState.READY, NOW, NOW, hostname="h-b", slots=4, joined_at=NOW),
+    ]
+    idle = HostStatus(
+        "h-a",
+        4,
+        "127.0.0.1",
+        "idle",
+        available=True,
+        busy=False,
+        idle_since=NOW - timedelta(minutes=12),
+    )
+    stray = HostStatus("h-x", 8, None, "idle", available=True, busy=False)
+    seen = Observation(
+        rows={r.instance_id: r for r in rows},
+        instances={A: Instance(A, "running"), B: Instance(B, "running")},
+        group={A: Member("InService", protected=True)},
+        hosts={"h-a": idle, "h-x": stray},
+        hostnames=Hostnames(rows),
+    )
+
+    table = fleet_rows(seen, Drift(lost_hosts=[rows[1]], unowned_hosts=["h-x"]), NOW)
+
+    assert table == [
+        FleetRow(A, "h-a", "running", "ready", "idle", 4, 720, True, None),
+        FleetRow(B, "h-b", "running", "ready", None, 4, None, None, "host_missing"),
+        FleetRow(None, "h-x", None, None, "idle", 8, None, None, "unowned_host"),
+    ]
+
+
+async def test_status_json_marks_the_drift_on_real_parts(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, tmp_path: Path
+) -> None:
+    ids = await launch(aws, 2)
+    await send_messages(
+        aws,
+        cluster.queue_url,
+        [
+            compute_notice(READY_EVENT, i, NOW, hostname=f"ip-10-8-0-{n}", address=f"127.8.0.{n}")
+            for n, i in enumerate(ids)
+        ],
+    )
+    await drain(aws, cluster, slurm.settings)
+    await aws.call("ec2", "terminate_instances", InstanceIds=[ids[0]])
+    await Slurm(slurm.settings).add_hosts([Host("ip-10-8-9-9", 2, "127.8.9.9")])
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'[cluster]\nstack_name = "t"\nregion = "us-east-1"\ntable = "{cluster.table}"\n'
+        f'[sqswatcher]\nqueue = "{cluster.queue_url}"\n[slurm]\nconf = "{slurm.conf}"\n'
+    )
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cfncluster_node",
+        "status",
+        "--json",
+        "--config",
+        str(config),
+        env={**os.environ, **moto.env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    output, errors = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0, errors.decode()
+    shown = {(r["instance_id"], r["hostname"]): (r["ec2"], r["drift"]) for r in json.loads(output)}
+    assert shown == {
+        (ids[0], "ip-10-8-0-0"): ("terminated", "instance_gone"),
+        (ids[1], "ip-10-8-0-1"): ("running", None),
+        (None, "ip-10-8-9-9"): (None, "unowned_host"),
+    }
