@@ -17,9 +17,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from cfncluster_node import ec2, logs
+from cfncluster_node import ec2, group, logs
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, ReconcilerSettings
+from cfncluster_node.group import Member
 from cfncluster_node.instances import InstanceRecord, InstanceState
 from cfncluster_node.lifecycle import Hostnames
 from cfncluster_node.messages import EventKind, InstanceEvent
@@ -43,14 +44,6 @@ class Instance:
 
 
 @dataclass(frozen=True)
-class Member:
-    """What the compute group says of one of its instances."""
-
-    lifecycle: str
-    protected: bool
-
-
-@dataclass(frozen=True)
 class Observation:
     """The three views of the fleet, read one after the other."""
 
@@ -63,30 +56,15 @@ class Observation:
 
 async def observe(aws: Aws, registry: Registry, compute_group: str | None) -> Observation:
     rows = {row.instance_id: row for row in await registry.table.scan()}
-    group = await _group_members(aws, compute_group)
+    members = (await group.describe(aws, compute_group)).members if compute_group else {}
     live = {i for i, row in rows.items() if row.state is not InstanceState.TERMINATED}
-    described = await ec2.describe_instances(aws, live | set(group))
+    described = await ec2.describe_instances(aws, live | set(members))
     instances = {
         i: Instance(i, item["State"]["Name"], item.get("LaunchTime"))
         for i, item in described.items()
     }
     hosts = {host.hostname: host for host in await registry.scheduler.list_hosts()}
-    return Observation(rows, instances, group, hosts, await registry.hostnames())
-
-
-async def _group_members(aws: Aws, name: str | None) -> dict[str, Member]:
-    if name is None:
-        return {}
-    response = await aws.call(
-        "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[name]
-    )
-    return {
-        instance["InstanceId"]: Member(
-            instance.get("LifecycleState", ""), bool(instance.get("ProtectedFromScaleIn"))
-        )
-        for group in response.get("AutoScalingGroups", [])
-        for instance in group.get("Instances", [])
-    }
+    return Observation(rows, instances, members, hosts, await registry.hostnames())
 
 
 @dataclass(frozen=True)
@@ -237,12 +215,7 @@ class Reconciler:
             log.warning("drift_never_joined", join_timeout_s=self._settings.join_timeout)
             return
         try:
-            await self._aws.call(
-                "autoscaling",
-                "terminate_instance_in_auto_scaling_group",
-                InstanceId=instance_id,
-                ShouldDecrementDesiredCapacity=False,
-            )
+            await group.terminate(self._aws, instance_id, shrink=False)
         except AwsError as exc:
             log.error("instance_replace_failed", error=str(exc))
             return

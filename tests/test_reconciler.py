@@ -9,6 +9,7 @@ import structlog
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, ReconcilerSettings
+from cfncluster_node.group import Member
 from cfncluster_node.instances import InstanceRecord, InstanceState
 from cfncluster_node.lifecycle import Hostnames
 from cfncluster_node.localaws import ClusterResources, send_messages
@@ -17,7 +18,6 @@ from cfncluster_node.messages import READY_EVENT, compute_notice
 from cfncluster_node.reconciler import (
     Drift,
     Instance,
-    Member,
     Observation,
     Reconciler,
     diagnose,

@@ -10,12 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cfncluster_node.aws import Aws
+from cfncluster_node.group import Member
 from cfncluster_node.instances import InstanceRecord, InstanceState
 from cfncluster_node.lifecycle import Hostnames
 from cfncluster_node.localaws import ClusterResources, MotoServer, send_messages
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import READY_EVENT, compute_notice
-from cfncluster_node.reconciler import Drift, Instance, Member, Observation
+from cfncluster_node.reconciler import Drift, Instance, Observation
 from cfncluster_node.schedulers import Host, HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
 from cfncluster_node.status import FleetRow, fleet_rows
