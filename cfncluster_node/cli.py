@@ -65,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         ("sqswatcher", "run the SQS watcher alone", "exit once the queue is empty"),
         ("publisher", "run the pending-job publisher alone", "publish once and exit"),
         ("reconciler", "run the reconciler alone", "reconcile once and exit"),
+        ("scalein", "run idle scale-in alone", "one pass, then exit"),
     ):
         alone = with_config(service, help_text)
         alone.add_argument("--burst", action="store_true", help=burst_help)

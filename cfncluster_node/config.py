@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
 ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
 
-ServiceName = Literal["sqswatcher", "publisher", "reconciler"]
+ServiceName = Literal["sqswatcher", "publisher", "reconciler", "scalein"]
 
 
 class ConfigError(Exception):
@@ -73,6 +73,14 @@ class ReconcilerSettings(_Section):
     replace_unjoined: bool = False
 
 
+class ScaleInSettings(_Section):
+    interval: StrictFloat = Field(default=60.0, gt=0)
+    # The lineage's scaledown_idletime: minutes a node stays idle before it goes.
+    idle_minutes: StrictFloat = Field(default=10.0, ge=0)
+    # Seconds between draining a node and checking it again before it is terminated.
+    grace_seconds: StrictFloat = Field(default=30.0, ge=0)
+
+
 class SlurmSettings(_Section):
     # Dynamic compute nodes carry this feature; slurm.conf maps it to partitions with a
     # Nodeset (``Nodeset=compute Feature=compute``).
@@ -100,6 +108,7 @@ class Config(_Section):
     aws: AwsSettings = AwsSettings()
     publisher: PublisherSettings = PublisherSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
+    scalein: ScaleInSettings = ScaleInSettings()
     slurm: SlurmSettings = SlurmSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     logging: LoggingSettings = LoggingSettings()

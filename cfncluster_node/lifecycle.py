@@ -87,6 +87,10 @@ class Hostnames:
             self._rows.setdefault(record.hostname, {})[record.instance_id] = record
             self._name_of[record.instance_id] = record.hostname
 
+    def name_of(self, instance_id: str) -> str | None:
+        """The hostname the instance's row gives."""
+        return self._name_of.get(instance_id)
+
     def owner(self, hostname: str) -> str | None:
         """The instance the host is registered for, or None if it should not exist.
 

@@ -11,6 +11,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -66,6 +67,7 @@ class LocalSlurm:
         self.feature = feature
         self.max_nodes = max_nodes
         self.conf = root / "slurm.conf"
+        self._slurmds: list[subprocess.Popen[bytes]] = []
 
     @property
     def settings(self) -> SlurmSettings:
@@ -135,6 +137,36 @@ class LocalSlurm:
         )
         return result.stdout
 
+    def start_slurmd(self, nodename: str, cpus: int) -> None:
+        """A real slurmd for one registered node, so jobs really run (-Z: dynamic node)."""
+        process = subprocess.Popen(
+            [
+                "/usr/sbin/slurmd",
+                "-D",
+                "-Z",
+                "--conf",
+                f"CPUs={cpus} Features={self.feature}",
+                "-N",
+                nodename,
+            ],
+            env=self._env(),
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / f"slurmd-{nodename}.log").open("w"),
+        )
+        self._slurmds.append(process)
+        self._wait_for(
+            "slurmd", ["scontrol", "-o", "show", "node", nodename], "State=IDLE+DYNAMIC_NORM "
+        )
+
+    def stop_slurmds(self) -> None:
+        # Jobs first: a job step outlives a slurmd stopped under it.
+        if self._slurmds:
+            self._cancel_jobs()
+        for process in self._slurmds:
+            process.terminate()
+            process.wait(timeout=30)
+        self._slurmds.clear()
+
     def sbatch(self, *args: str) -> str:
         """Submit a job as root; returns its id."""
         result = subprocess.run(
@@ -146,9 +178,23 @@ class LocalSlurm:
         )
         return result.stdout.strip().split(";")[0]
 
+    def scancel(self, *args: str) -> None:
+        subprocess.run(["scancel", *args], env=self._env(), capture_output=True, check=True)
+
+    def _cancel_jobs(self) -> None:
+        self.scancel("--full", "-u", "root")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self._jobs_left():
+            time.sleep(0.1)
+
+    def _jobs_left(self) -> bool:
+        listed = subprocess.run(["squeue", "-h"], env=self._env(), capture_output=True, text=True)
+        return bool(listed.stdout.strip())
+
     def reset(self) -> None:
         """Delete every dynamic node and job, so each test starts from an empty cluster."""
-        subprocess.run(["scancel", "--full", "-u", "root"], env=self._env(), capture_output=True)
+        # A node still finishing a cancelled job cannot be deleted yet.
+        self._cancel_jobs()
         text = self.scontrol("-o", "-F", "show", "node")
         names = [
             line.split()[0].removeprefix("NodeName=")
@@ -163,6 +209,7 @@ class LocalSlurm:
             )
 
     def stop(self) -> None:
+        self.stop_slurmds()
         with contextlib.suppress(subprocess.SubprocessError, OSError):
             subprocess.run(
                 ["scontrol", "shutdown", "slurmctld"],
@@ -174,6 +221,9 @@ class LocalSlurm:
         deadline = time.monotonic() + 15
         while pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+        if pid_file.exists():  # it did not shut down: no controller outlives its tests
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
 
     def __enter__(self) -> Self:
         self.start()

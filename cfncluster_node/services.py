@@ -11,6 +11,7 @@ from cfncluster_node.instances import InstanceTable
 from cfncluster_node.publisher import Publisher
 from cfncluster_node.reconciler import Reconciler
 from cfncluster_node.registry import Registry
+from cfncluster_node.scalein import ScaleIn
 from cfncluster_node.sqswatcher import SqsWatcher
 
 
@@ -29,6 +30,8 @@ def build(
     match name:
         case "sqswatcher":
             return SqsWatcher(aws, settings.sqswatcher, registry, burst=burst)
+        case "scalein":
+            return ScaleIn(aws, settings.scalein, settings.cluster, registry, burst=burst)
         case "reconciler":
             return Reconciler(aws, settings.reconciler, settings.cluster, registry, burst=burst)
         case "publisher":

@@ -179,6 +179,20 @@ class Slurm:
         if resume:
             await self._run("scontrol", "update", f"NodeName={compress(resume)}", "State=RESUME")
 
+    async def drain_hosts(self, hostnames: Sequence[str], reason: str) -> None:
+        if hostnames:
+            await self._run(
+                "scontrol",
+                "update",
+                f"NodeName={compress(hostnames)}",
+                "State=DRAIN",
+                f"Reason={reason}",
+            )
+
+    async def resume_hosts(self, hostnames: Sequence[str]) -> None:
+        if hostnames:
+            await self._run("scontrol", "update", f"NodeName={compress(hostnames)}", "State=RESUME")
+
     async def remove_hosts(self, hostnames: Sequence[str]) -> None:
         current = await self._nodes()
         await self._delete(hostnames, current, reason="cfncluster-node: instance gone")
