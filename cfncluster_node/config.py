@@ -63,6 +63,8 @@ class SqsWatcherSettings(_Section):
 
 class PublisherSettings(_Section):
     interval: StrictFloat = Field(default=60.0, gt=0)
+    # For stacks without alarms: raise the group's desired capacity to the demand directly.
+    direct: bool = False
 
 
 class ReconcilerSettings(_Section):

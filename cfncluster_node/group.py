@@ -60,6 +60,16 @@ async def protect(aws: Aws, name: str, instance_ids: Sequence[str], protected: b
         )
 
 
+async def set_desired(aws: Aws, name: str, capacity: int) -> None:
+    await aws.call(
+        "autoscaling",
+        "set_desired_capacity",
+        AutoScalingGroupName=name,
+        DesiredCapacity=capacity,
+        HonorCooldown=False,
+    )
+
+
 async def terminate(aws: Aws, instance_id: str, *, shrink: bool) -> None:
     """Terminate a member; ``shrink``: the group gets one smaller, else it replaces it."""
     await aws.call(

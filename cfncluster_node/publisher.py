@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cfncluster_node import logs
+from cfncluster_node import group, logs
 from cfncluster_node.aws import Aws, AwsError
-from cfncluster_node.config import ClusterSettings, PublisherSettings
+from cfncluster_node.config import ClusterSettings, ConfigError, PublisherSettings
 from cfncluster_node.schedulers import Holdup, HostStatus, PendingJob, Scheduler, SchedulerError
 
 NAMESPACE = "cfncluster"
@@ -69,6 +69,15 @@ def fleet(hosts: Sequence[HostStatus]) -> Fleet:
     return Fleet(len(hosts), busy, idle)
 
 
+def desired_capacity(current: int, max_size: int, busy: int, needed: int) -> int:
+    """Direct mode's target: the busy nodes plus the demand, within the group's maximum.
+
+    Never lower than it is: shrinking is idle scale-in's job, node by node, and a
+    publisher that lowered the capacity would fight it (and terminate busy nodes).
+    """
+    return max(current, min(max_size, busy + needed))
+
+
 def metric_data(
     stack: str, wanted: Demand, running_jobs: int, nodes: Fleet, now: datetime
 ) -> list[dict[str, Any]]:
@@ -111,6 +120,11 @@ class Publisher:
         *,
         burst: bool = False,
     ) -> None:
+        if settings.direct and cluster.compute_group is None:
+            raise ConfigError(
+                "key 'cluster.compute_group' is required by 'publisher.direct': name the "
+                "compute Auto Scaling group"
+            )
         self._aws = aws
         self._settings = settings
         self._cluster = cluster
@@ -156,6 +170,8 @@ class Publisher:
         except AwsError as exc:
             self._log.error("metrics_publish_failed", error=str(exc))
             return None
+        if self._settings.direct and self._cluster.compute_group is not None:
+            await self._scale_out(self._cluster.compute_group, wanted, nodes)
         self._log.info(
             "metrics_published",
             pending_nodes=wanted.nodes,
@@ -167,3 +183,20 @@ class Publisher:
             idle_nodes=nodes.idle,
         )
         return wanted
+
+    async def _scale_out(self, name: str, wanted: Demand, nodes: Fleet) -> None:
+        try:
+            members = await group.describe(self._aws, name)
+            target = desired_capacity(members.desired, members.max_size, nodes.busy, wanted.nodes)
+            if target > members.desired:
+                await group.set_desired(self._aws, name, target)
+                self._log.info(
+                    "capacity_raised",
+                    group=name,
+                    desired=target,
+                    previous=members.desired,
+                    pending_nodes=wanted.nodes,
+                    busy_nodes=nodes.busy,
+                )
+        except AwsError as exc:
+            self._log.error("capacity_change_failed", group=name, error=str(exc))

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, PublisherSettings, SlurmSettings
+from cfncluster_node.group import describe as describe_group
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.publisher import (
     NAMESPACE,
@@ -19,6 +20,7 @@ from cfncluster_node.publisher import (
     Fleet,
     Publisher,
     demand,
+    desired_capacity,
     fleet,
     slots_per_node,
 )
@@ -173,3 +175,61 @@ async def test_the_service_publishes_every_interval_until_stopped(
 
     ticks = [r for r in records if r["event"] == "metrics_published"]
     assert 3 <= len(ticks) <= 5
+
+
+def test_direct_mode_raises_capacity_to_busy_plus_demand_within_the_maximum() -> None:
+    assert desired_capacity(current=1, max_size=10, busy=2, needed=3) == 5
+    assert desired_capacity(current=1, max_size=4, busy=2, needed=3) == 4
+
+
+def test_direct_mode_never_lowers_capacity_and_so_never_fights_scale_in() -> None:
+    assert desired_capacity(current=6, max_size=10, busy=1, needed=0) == 6
+    assert desired_capacity(current=6, max_size=10, busy=2, needed=3) == 6
+
+
+@given(st.integers(0, 50), st.integers(0, 50), st.integers(0, 50), st.integers(0, 100))
+def test_direct_mode_target_is_never_below_current_nor_above_max_unless_current_is(
+    current: int, max_size: int, busy: int, needed: int
+) -> None:
+    target = desired_capacity(current, max_size, busy, needed)
+    assert target >= current
+    assert target <= max(current, max_size)
+
+
+async def test_direct_mode_sets_the_groups_desired_capacity(aws: Aws, slurm: LocalSlurm) -> None:
+    await aws.call(
+        "autoscaling",
+        "create_launch_configuration",
+        LaunchConfigurationName="compute",
+        ImageId="ami-12c6146b",
+        InstanceType="c5.large",
+    )
+    await aws.call(
+        "autoscaling",
+        "create_auto_scaling_group",
+        AutoScalingGroupName="compute",
+        LaunchConfigurationName="compute",
+        MinSize=0,
+        MaxSize=4,
+        DesiredCapacity=1,
+        AvailabilityZones=["us-east-1a"],
+    )
+    await Slurm(slurm.settings).add_hosts([Host("ip-10-4-1-1", 4, "127.4.1.1")])
+    slurm.sbatch("-N", "3", "--wrap", "true")
+    slurm.sbatch("-n", "8", "--wrap", "true")  # 2 nodes of 4 slots
+    direct = Publisher(
+        aws,
+        PublisherSettings(direct=True),
+        ClusterSettings(
+            stack_name="test", region="us-east-1", table="unused", compute_group="compute"
+        ),
+        Slurm(slurm.settings),
+        burst=True,
+    )
+
+    with structlog.testing.capture_logs() as records:
+        await direct.tick()
+
+    assert (await describe_group(aws, "compute")).desired == 4  # 0 busy + 5 needed, max 4
+    [raised] = [r for r in records if r["event"] == "capacity_raised"]
+    assert (raised["previous"], raised["desired"], raised["pending_nodes"]) == (1, 4, 5)
