@@ -30,6 +30,7 @@ demo: install system-deps
 
 bench: install system-deps
 	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench_fleet
 
 lint: install
 	$(BIN)/ruff check cfncluster_node tests

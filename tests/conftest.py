@@ -3,23 +3,31 @@
 - ``moto``: moto's HTTP server in its own process; this process's AWS clients reach it
   through ``AWS_ENDPOINT_URL``, exactly as in production.
 - ``slurm``: a private slurmctld (Debian's slurm-wlm) with its own slurm.conf and ports.
+- ``compute_node``: one compute group instance, joined, with a real slurmd.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from cfncluster_node import logs
+from cfncluster_node import group, logs
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import AwsSettings
+from cfncluster_node.instances import InstanceTable
 from cfncluster_node.localaws import ClusterResources, MotoServer, create_cluster_resources
 from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.messages import EventKind, InstanceEvent
+from cfncluster_node.registry import Registry
+from cfncluster_node.schedulers.slurm import Slurm
 
 REGION = "us-east-1"
 
@@ -69,3 +77,65 @@ async def aws(moto: MotoServer) -> AsyncIterator[Aws]:
 @pytest.fixture
 async def cluster(aws: Aws) -> ClusterResources:
     return await create_cluster_resources(aws, "test", max_receives=3)
+
+
+NODE = "ip-10-5-0-1"
+CPUS = os.cpu_count() or 1
+
+
+@pytest.fixture
+async def compute_node(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
+) -> AsyncIterator[str]:
+    """One group instance, joined, with a real slurmd: the node jobs really run on."""
+    await aws.call(
+        "autoscaling",
+        "create_launch_configuration",
+        LaunchConfigurationName="compute",
+        ImageId="ami-12c6146b",
+        InstanceType="c5.large",
+    )
+    await aws.call(
+        "autoscaling",
+        "create_auto_scaling_group",
+        AutoScalingGroupName="compute",
+        LaunchConfigurationName="compute",
+        MinSize=0,
+        MaxSize=2,
+        DesiredCapacity=1,
+        AvailabilityZones=["us-east-1a"],
+    )
+    [instance] = (await group.describe(aws, "compute")).members
+    registry = Registry(
+        InstanceTable(aws, cluster.table),
+        Slurm(slurm.settings),
+        default_slots=CPUS,
+        tombstone_for=timedelta(days=7),
+    )
+    join = InstanceEvent(
+        EventKind.READY,
+        instance,
+        datetime.now(UTC),
+        hostname=NODE,
+        address="127.0.0.1",
+        slots=CPUS,
+    )
+    assert await registry.apply([join]) == set()
+    slurm.start_slurmd(NODE, CPUS)
+    yield instance
+    slurm.stop_slurmds()
+
+
+def wait_running(slurm: LocalSlurm, job: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        state = subprocess.run(
+            ["squeue", "-h", "-j", job, "-o", "%T"],
+            env={**os.environ, **slurm.env},
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        if state == "RUNNING":
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"job {job} did not start")

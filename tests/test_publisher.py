@@ -26,6 +26,7 @@ from cfncluster_node.publisher import (
 )
 from cfncluster_node.schedulers import Holdup, Host, HostStatus, PendingJob
 from cfncluster_node.schedulers.slurm import Slurm
+from tests.conftest import NODE, wait_running
 from tests.test_sqswatcher import unreachable_slurm
 
 
@@ -233,3 +234,16 @@ async def test_direct_mode_sets_the_groups_desired_capacity(aws: Aws, slurm: Loc
     assert (await describe_group(aws, "compute")).desired == 4  # 0 busy + 5 needed, max 4
     [raised] = [r for r in records if r["event"] == "capacity_raised"]
     assert (raised["previous"], raised["desired"], raised["pending_nodes"]) == (1, 4, 5)
+
+
+async def test_busy_nodes_and_running_jobs_are_counted_from_a_real_slurmd(
+    aws: Aws, slurm: LocalSlurm, compute_node: str
+) -> None:
+    job = slurm.sbatch("-w", NODE, "--wrap", "sleep 120")
+    await asyncio.to_thread(wait_running, slurm, job)
+
+    await publisher(aws, slurm.settings).tick()
+
+    assert await published(aws, "busy_nodes") == [1.0]
+    assert await published(aws, "idle_nodes") == [0.0]
+    assert await published(aws, "running_jobs") == [1.0]

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-import pytest
 import structlog
 
 from cfncluster_node.aws import Aws
@@ -18,13 +14,13 @@ from cfncluster_node.group import Group, Member
 from cfncluster_node.group import describe as describe_group
 from cfncluster_node.instances import InstanceRecord, InstanceState
 from cfncluster_node.lifecycle import Hostnames
-from cfncluster_node.localaws import ClusterResources, send_messages
+from cfncluster_node.localaws import ClusterResources
 from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.messages import READY_EVENT, compute_notice
 from cfncluster_node.scalein import Candidate, Protection, ScaleIn, candidates, protection
 from cfncluster_node.schedulers import HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
-from tests.test_sqswatcher import drain, registry_for, rows, slurm_hosts
+from tests.conftest import NODE, wait_running
+from tests.test_sqswatcher import registry_for, rows, slurm_hosts
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 A, B, C = "i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"
@@ -94,43 +90,6 @@ def test_busy_nodes_get_protection_and_idle_ones_lose_it() -> None:
     assert protection(members, listed, names) == Protection(protect=[A], unprotect=[B])
 
 
-NODE = "ip-10-5-0-1"
-CPUS = os.cpu_count() or 1
-
-
-@pytest.fixture
-async def compute_node(
-    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
-) -> AsyncIterator[str]:
-    """One group instance, joined, with a real slurmd: the node jobs really run on."""
-    await aws.call(
-        "autoscaling",
-        "create_launch_configuration",
-        LaunchConfigurationName="compute",
-        ImageId="ami-12c6146b",
-        InstanceType="c5.large",
-    )
-    await aws.call(
-        "autoscaling",
-        "create_auto_scaling_group",
-        AutoScalingGroupName="compute",
-        LaunchConfigurationName="compute",
-        MinSize=0,
-        MaxSize=2,
-        DesiredCapacity=1,
-        AvailabilityZones=["us-east-1a"],
-    )
-    [instance] = (await describe_group(aws, "compute")).members
-    join = compute_notice(
-        READY_EVENT, instance, datetime.now(UTC), hostname=NODE, address="127.0.0.1", slots=CPUS
-    )
-    await send_messages(aws, cluster.queue_url, [join])
-    await drain(aws, cluster, slurm.settings)
-    slurm.start_slurmd(NODE, CPUS)
-    yield instance
-    slurm.stop_slurmds()
-
-
 def scale_in(aws: Aws, cluster: ClusterResources, scheduler: SlurmSettings | Slurm) -> ScaleIn:
     return ScaleIn(
         aws,
@@ -141,21 +100,6 @@ def scale_in(aws: Aws, cluster: ClusterResources, scheduler: SlurmSettings | Slu
         registry_for(aws, cluster, scheduler),
         burst=True,
     )
-
-
-def wait_running(slurm: LocalSlurm, job: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        state = subprocess.run(
-            ["squeue", "-h", "-j", job, "-o", "%T"],
-            env={**os.environ, **slurm.env},
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-        if state == "RUNNING":
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"job {job} did not start")
 
 
 async def node_busy(slurm: LocalSlurm) -> bool:
