@@ -200,3 +200,26 @@ async def queue_depth(aws: Aws, url: str) -> int:
         AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
     )
     return sum(int(value) for value in response["Attributes"].values())
+
+
+async def create_compute_group(
+    aws: Aws, name: str, *, desired: int, max_size: int, min_size: int = 0
+) -> None:
+    """A compute Auto Scaling group, as the stack's; moto launches its instances at once."""
+    await aws.call(
+        "autoscaling",
+        "create_launch_configuration",
+        LaunchConfigurationName=name,
+        ImageId="ami-12c6146b",
+        InstanceType="c5.large",
+    )
+    await aws.call(
+        "autoscaling",
+        "create_auto_scaling_group",
+        AutoScalingGroupName=name,
+        LaunchConfigurationName=name,
+        MinSize=min_size,
+        MaxSize=max_size,
+        DesiredCapacity=desired,
+        AvailabilityZones=["us-east-1a"],
+    )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cfncluster_node import group, logs
+from cfncluster_node import group, logs, supervisor
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, ConfigError, PublisherSettings
 from cfncluster_node.schedulers import Holdup, HostStatus, PendingJob, Scheduler, SchedulerError
@@ -133,21 +133,7 @@ class Publisher:
         self._log = logs.get()
 
     async def run(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        ticks = 0
-        while True:
-            await self.tick()
-            if self._burst:
-                return
-            ticks += 1
-            # On a fixed schedule: a slow tick does not push the next ones back.
-            delay = max(0.0, started + ticks * self._settings.interval - loop.time())
-            try:
-                await asyncio.wait_for(stop.wait(), delay)
-                return
-            except TimeoutError:
-                pass
+        await supervisor.every(self._settings.interval, self.tick, stop, burst=self._burst)
 
     async def tick(self) -> Demand | None:
         """Publish once; None when nothing was published (a logged gap)."""

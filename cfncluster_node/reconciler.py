@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from cfncluster_node import ec2, group, logs
+from cfncluster_node import ec2, group, logs, supervisor
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, ReconcilerSettings
 from cfncluster_node.group import Member
@@ -156,15 +156,7 @@ class Reconciler:
         self._log = logs.get()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while True:
-            await self.tick()
-            if self._burst:
-                return
-            try:
-                await asyncio.wait_for(stop.wait(), self._settings.interval)
-                return
-            except TimeoutError:
-                pass
+        await supervisor.every(self._settings.interval, self.tick, stop, burst=self._burst)
 
     async def tick(self) -> Drift | None:
         """Reconcile once; None when a view could not be read (nothing was changed)."""

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from cfncluster_node import group, logs
+from cfncluster_node import group, logs, supervisor
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, ConfigError, ScaleInSettings
 from cfncluster_node.group import Group
@@ -117,15 +117,9 @@ class ScaleIn:
         self._log = logs.get()
 
     async def run(self, stop: asyncio.Event) -> None:
-        while True:
-            await self.tick(stop)
-            if self._burst:
-                return
-            try:
-                await asyncio.wait_for(stop.wait(), self._settings.interval)
-                return
-            except TimeoutError:
-                pass
+        await supervisor.every(
+            self._settings.interval, lambda: self.tick(stop), stop, burst=self._burst
+        )
 
     async def tick(self, stop: asyncio.Event) -> list[Candidate]:
         """One pass; returns the nodes retired."""

@@ -73,6 +73,29 @@ async def _cancel_when_late(
         task.cancel()
 
 
+async def every(
+    interval: float, tick: Callable[[], Awaitable[object]], stop: asyncio.Event, *, burst: bool
+) -> None:
+    """Run ``tick`` every ``interval`` seconds until ``stop`` (once, in burst mode).
+
+    On a fixed schedule: a slow tick does not push the next ones back.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    ticks = 0
+    while True:
+        await tick()
+        if burst:
+            return
+        ticks += 1
+        delay = max(0.0, started + ticks * interval - loop.time())
+        try:
+            await asyncio.wait_for(stop.wait(), delay)
+            return
+        except TimeoutError:
+            pass
+
+
 def run_until_stopped(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop)`` on uvloop with SIGTERM and SIGINT setting ``stop``."""
 

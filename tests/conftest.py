@@ -23,7 +23,12 @@ from cfncluster_node import group, logs
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import AwsSettings
 from cfncluster_node.instances import InstanceTable
-from cfncluster_node.localaws import ClusterResources, MotoServer, create_cluster_resources
+from cfncluster_node.localaws import (
+    ClusterResources,
+    MotoServer,
+    create_cluster_resources,
+    create_compute_group,
+)
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import EventKind, InstanceEvent
 from cfncluster_node.registry import Registry
@@ -88,23 +93,7 @@ async def compute_node(
     aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
 ) -> AsyncIterator[str]:
     """One group instance, joined, with a real slurmd: the node jobs really run on."""
-    await aws.call(
-        "autoscaling",
-        "create_launch_configuration",
-        LaunchConfigurationName="compute",
-        ImageId="ami-12c6146b",
-        InstanceType="c5.large",
-    )
-    await aws.call(
-        "autoscaling",
-        "create_auto_scaling_group",
-        AutoScalingGroupName="compute",
-        LaunchConfigurationName="compute",
-        MinSize=0,
-        MaxSize=2,
-        DesiredCapacity=1,
-        AvailabilityZones=["us-east-1a"],
-    )
+    await create_compute_group(aws, "compute", desired=1, max_size=2)
     [instance] = (await group.describe(aws, "compute")).members
     registry = Registry(
         InstanceTable(aws, cluster.table),

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, PublisherSettings, SlurmSettings
 from cfncluster_node.group import describe as describe_group
+from cfncluster_node.localaws import create_compute_group
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.publisher import (
     NAMESPACE,
@@ -198,23 +199,7 @@ def test_direct_mode_target_is_never_below_current_nor_above_max_unless_current_
 
 
 async def test_direct_mode_sets_the_groups_desired_capacity(aws: Aws, slurm: LocalSlurm) -> None:
-    await aws.call(
-        "autoscaling",
-        "create_launch_configuration",
-        LaunchConfigurationName="compute",
-        ImageId="ami-12c6146b",
-        InstanceType="c5.large",
-    )
-    await aws.call(
-        "autoscaling",
-        "create_auto_scaling_group",
-        AutoScalingGroupName="compute",
-        LaunchConfigurationName="compute",
-        MinSize=0,
-        MaxSize=4,
-        DesiredCapacity=1,
-        AvailabilityZones=["us-east-1a"],
-    )
+    await create_compute_group(aws, "compute", desired=1, max_size=4)
     await Slurm(slurm.settings).add_hosts([Host("ip-10-4-1-1", 4, "127.4.1.1")])
     slurm.sbatch("-N", "3", "--wrap", "true")
     slurm.sbatch("-n", "8", "--wrap", "true")  # 2 nodes of 4 slots

@@ -12,7 +12,7 @@ from cfncluster_node.config import ClusterSettings, ReconcilerSettings
 from cfncluster_node.group import Member
 from cfncluster_node.instances import InstanceRecord, InstanceState
 from cfncluster_node.lifecycle import Hostnames
-from cfncluster_node.localaws import ClusterResources, send_messages
+from cfncluster_node.localaws import ClusterResources, create_compute_group, send_messages
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import READY_EVENT, compute_notice
 from cfncluster_node.reconciler import (
@@ -190,23 +190,7 @@ async def test_lost_messages_and_a_tampered_scheduler_are_healed_in_one_pass(
 async def test_an_instance_that_never_joined_is_replaced_when_configured(
     aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
 ) -> None:
-    await aws.call(
-        "autoscaling",
-        "create_launch_configuration",
-        LaunchConfigurationName="compute",
-        ImageId="ami-12c6146b",
-        InstanceType="c5.large",
-    )
-    await aws.call(
-        "autoscaling",
-        "create_auto_scaling_group",
-        AutoScalingGroupName="compute",
-        LaunchConfigurationName="compute",
-        MinSize=0,
-        MaxSize=2,
-        DesiredCapacity=1,
-        AvailabilityZones=["us-east-1a"],
-    )
+    await create_compute_group(aws, "compute", desired=1, max_size=2)
     [stuck] = await group_instances(aws)
 
     with structlog.testing.capture_logs() as records:
