@@ -1,9 +1,10 @@
 """The SQS watcher: instance events from the cluster queue become scheduler hosts and rows.
 
 Several receivers long-poll the queue into one inbox; one applier takes everything the
-inbox holds, coalesces it per instance and applies it as one scheduler update plus
-batched table writes. A message is deleted only once its effect is durable (the row is
-written and the scheduler has answered); until then a heartbeat keeps it invisible. A
+inbox holds and hands it to the registry as one batch: coalesced per instance, written as
+conditional rows, then one scheduler update. A message is deleted only once its effect is
+durable (the row is written and the scheduler has answered); until then a heartbeat keeps
+it invisible. A
 failed message is left to come back with a growing delay, and the queue's redrive policy
 moves it to the dead-letter queue after its last try; a message that can never be
 understood goes there at once.
