@@ -50,9 +50,12 @@ format = "json"
     return path
 
 
-def start_watcher(config: Path, moto: MotoServer, log: Path) -> subprocess.Popen[bytes]:
+def start(
+    config: Path, moto: MotoServer, log: Path, command: str = "sqswatcher"
+) -> subprocess.Popen[bytes]:
+    """The daemon as systemd starts it: its own process, its log to a file."""
     return subprocess.Popen(
-        [sys.executable, "-m", "cfncluster_node", "sqswatcher", "--config", str(config)],
+        [sys.executable, "-m", "cfncluster_node", command, "--config", str(config)],
         env={**os.environ, **moto.env},
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -73,7 +76,7 @@ async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
 ) -> None:
     config = write_config(tmp_path / "node.toml", cluster, slurm)
     log = tmp_path / "watcher.log"
-    first = start_watcher(config, moto, log)
+    first = start(config, moto, log)
     try:
         for start in range(0, JOINS, 20):
             await send_messages(
@@ -95,7 +98,7 @@ async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
         )
     await send_messages(aws, cluster.queue_url, [ready(n) for n in range(0, JOINS, 7)])
 
-    second = start_watcher(config, moto, log)
+    second = start(config, moto, log)
     try:
         expected_hosts = {f"ip-10-0-0-{n}" for n in range(TERMINATED, JOINS)}
 
@@ -117,3 +120,36 @@ async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
         instance(n) for n in range(TERMINATED)
     }
     assert await queue_depth(aws, cluster.dead_letter_url) == 0
+
+
+async def test_run_supervises_every_service_and_stops_them_all_on_sigterm(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "node.toml", cluster, slurm)
+    config.write_text(
+        config.read_text()
+        + '\n[supervisor]\nservices = ["sqswatcher", "publisher", "reconciler"]\n'
+        + "stop_timeout = 20.0\n"
+        + "[publisher]\ninterval = 1.0\n[reconciler]\ninterval = 1.0\n"
+    )
+    log = tmp_path / "run.log"
+    process = start(config, moto, log, "run")
+    try:
+        await send_messages(aws, cluster.queue_url, [ready(1)])
+
+        async def all_working() -> bool:
+            text = log.read_text()
+            return all(
+                f'"event": "{event}"' in text
+                for event in ("host_registered", "metrics_published", "reconciled")
+            )
+
+        await wait_until(all_working, 60)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        exit_code = process.wait(timeout=60)
+
+    text = log.read_text()
+    assert exit_code == 0, text[-3000:]
+    assert '"event": "stop_requested"' in text and '"event": "sqswatcher_stopped"' in text
+    assert '"event": "service_crashed"' not in text
