@@ -50,7 +50,7 @@ format = "json"
     return path
 
 
-def start(
+def start_daemon(
     config: Path, moto: MotoServer, log: Path, command: str = "sqswatcher"
 ) -> subprocess.Popen[bytes]:
     """The daemon as systemd starts it: its own process, its log to a file."""
@@ -76,7 +76,7 @@ async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
 ) -> None:
     config = write_config(tmp_path / "node.toml", cluster, slurm)
     log = tmp_path / "watcher.log"
-    first = start(config, moto, log)
+    first = start_daemon(config, moto, log)
     try:
         for start in range(0, JOINS, 20):
             await send_messages(
@@ -98,7 +98,7 @@ async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
         )
     await send_messages(aws, cluster.queue_url, [ready(n) for n in range(0, JOINS, 7)])
 
-    second = start(config, moto, log)
+    second = start_daemon(config, moto, log)
     try:
         expected_hosts = {f"ip-10-0-0-{n}" for n in range(TERMINATED, JOINS)}
 
@@ -133,7 +133,7 @@ async def test_run_supervises_every_service_and_stops_them_all_on_sigterm(
         + "[publisher]\ninterval = 1.0\n[reconciler]\ninterval = 1.0\n"
     )
     log = tmp_path / "run.log"
-    process = start(config, moto, log, "run")
+    process = start_daemon(config, moto, log, "run")
     try:
         await send_messages(aws, cluster.queue_url, [ready(1)])
 
