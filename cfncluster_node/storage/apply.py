@@ -1,0 +1,69 @@
+"""Steps carried out: real mkfs, mkdir, mount and an fstab line, each one logged."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from cfncluster_node import commands, logs
+from cfncluster_node.storage import StorageError
+from cfncluster_node.storage.devices import probe
+from cfncluster_node.storage.plan import (
+    FSTAB_OPTIONS,
+    Format,
+    FstabEntry,
+    MakeDir,
+    MountDevice,
+    Step,
+)
+
+_MKFS_TIMEOUT_S = 600.0  # a large volume
+_TIMEOUT_S = 60.0
+
+
+async def apply(steps: list[Step], *, fstab: Path) -> None:
+    log = logs.get()
+    for step in steps:
+        try:
+            await _apply(step, fstab)
+        except commands.CommandError as exc:
+            raise StorageError(f"{_describe(step)} failed: {exc}") from exc
+        log.info("storage_step_done", step=type(step).__name__, detail=_describe(step))
+
+
+async def _apply(step: Step, fstab: Path) -> None:
+    match step:
+        case Format(device, fs_type, label):
+            labelled = ["-L", label] if label else []
+            # -F: a whole device, not a partition, is what we mean (blank, checked by the plan).
+            force = ["-F"] if fs_type.startswith("ext") else []
+            await commands.run(
+                [f"mkfs.{fs_type}", "-q", *force, *labelled, device], timeout=_MKFS_TIMEOUT_S
+            )
+        case MakeDir(path):
+            await commands.run(["mkdir", "-p", path], timeout=_TIMEOUT_S)
+        case MountDevice(device, mount_point):
+            await commands.run(["mount", device, mount_point], timeout=_TIMEOUT_S)
+        case FstabEntry(device, mount_point):
+            found = await probe(device)
+            if not found.uuid or not found.fs_type:
+                raise StorageError(f"{device}: no filesystem UUID to put in {fstab}")
+            line = f"UUID={found.uuid} {mount_point} {found.fs_type} {FSTAB_OPTIONS} 0 2\n"
+            await asyncio.to_thread(_append, fstab, line)
+
+
+def _append(path: Path, line: str) -> None:
+    with path.open("a") as file:
+        file.write(line)
+
+
+def _describe(step: Step) -> str:
+    match step:
+        case Format(device, fs_type, _):
+            return f"mkfs.{fs_type} {device}"
+        case MakeDir(path):
+            return f"mkdir {path}"
+        case MountDevice(device, mount_point):
+            return f"mount {device} {mount_point}"
+        case FstabEntry(device, mount_point):
+            return f"fstab {device} {mount_point}"

@@ -1,0 +1,156 @@
+"""Storage setup: the plan (pure), and real mkfs, blkid and mount on loop devices."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cfncluster_node.storage import StorageError
+from cfncluster_node.storage.devices import Device, Mount, parse_blkid, parse_findmnt
+from cfncluster_node.storage.plan import (
+    Format,
+    FstabEntry,
+    MakeDir,
+    MountDevice,
+    Step,
+    Volume,
+    fstab_mount_points,
+    plan_volume,
+)
+from cfncluster_node.storage.setup import set_up_volume
+
+SHARED = Volume("/dev/loop9", "/shared")
+
+
+def test_a_blank_device_is_formatted_mounted_and_put_in_fstab() -> None:
+    assert plan_volume(SHARED, Device("/dev/loop9"), [], set()) == [
+        Format("/dev/loop9", "ext4", None),
+        MakeDir("/shared"),
+        MountDevice("/dev/loop9", "/shared"),
+        FstabEntry("/dev/loop9", "/shared"),
+    ]
+
+
+def test_a_device_with_a_filesystem_is_mounted_as_it_is_never_formatted() -> None:
+    existing = Device("/dev/loop9", fs_type="xfs", uuid="u", usage="filesystem")
+    steps = plan_volume(Volume("/dev/loop9", "/shared", fs_type="ext4"), existing, [], set())
+    assert not any(isinstance(step, Format) for step in steps)
+
+
+def test_a_volume_already_set_up_plans_nothing() -> None:
+    existing = Device("/dev/loop9", fs_type="ext4", uuid="u", usage="filesystem")
+    mounted = [Mount("/dev/loop9", "/shared", "ext4")]
+    assert plan_volume(SHARED, existing, mounted, {"/shared"}) == []
+
+
+@pytest.mark.parametrize(
+    ("device", "held"),
+    [
+        (Device("/dev/loop9", partition_table="gpt"), "a gpt partition table"),
+        (Device("/dev/loop9", usage="raid"), "raid"),
+    ],
+)
+def test_a_partitioned_or_raid_device_is_refused_by_name(device: Device, held: str) -> None:
+    with pytest.raises(StorageError, match=f"/dev/loop9: holds {held} and no filesystem"):
+        plan_volume(SHARED, device, [], set())
+
+
+def test_the_destructive_flag_alone_formats_a_device_that_holds_something() -> None:
+    steps = plan_volume(
+        SHARED, Device("/dev/loop9", partition_table="dos"), [], set(), destroy=True
+    )
+    assert steps[0] == Format("/dev/loop9", "ext4", None)
+
+
+def test_a_mount_point_taken_by_another_device_is_an_error() -> None:
+    with pytest.raises(StorageError, match="/dev/loop3 is mounted there"):
+        plan_volume(SHARED, Device("/dev/loop9"), [Mount("/dev/loop3", "/shared", "ext4")], set())
+
+
+def test_blkid_findmnt_and_fstab_are_read() -> None:
+    assert parse_blkid("/dev/x", "DEVNAME=/dev/x\nUUID=abc\nTYPE=ext4\nUSAGE=filesystem\n") == (
+        Device("/dev/x", fs_type="ext4", uuid="abc", usage="filesystem")
+    )
+    assert parse_findmnt(
+        '{"filesystems": [{"source": "/dev/x", "target": "/s", "fstype": "xfs"}]}'
+    ) == [Mount("/dev/x", "/s", "xfs")]
+    assert fstab_mount_points(
+        "# c\nUUID=1 /shared ext4 defaults 0 2\n\n/dev/y none swap sw 0 0\n"
+    ) == {"/shared", "none"}
+
+
+def set_up(volume: Volume, **options: Any) -> list[Step]:
+    return asyncio.run(set_up_volume(volume, **options))
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[str]:
+    image = tmp_path / "disk.img"
+    with image.open("wb") as file:
+        file.truncate(64 * 1024 * 1024)
+    attached = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
+    )
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device on this machine: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    yield device
+    subprocess.run(["umount", device], capture_output=True)
+    subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+def mounted_at(mount_point: Path) -> str:
+    return subprocess.run(
+        ["findmnt", "-n", "-o", "FSTYPE", str(mount_point)], capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_a_blank_loop_device_is_set_up_once_and_left_alone_after(
+    loop_device: str, tmp_path: Path
+) -> None:
+    volume = Volume(loop_device, str(tmp_path / "shared"), label="shared")
+    fstab = tmp_path / "fstab"
+
+    first = set_up(volume, fstab=fstab)
+    second = set_up(volume, fstab=fstab)
+
+    assert [type(step) for step in first] == [Format, MakeDir, MountDevice, FstabEntry]
+    assert second == []
+    assert mounted_at(tmp_path / "shared") == "ext4"
+    [line] = fstab.read_text().splitlines()
+    assert (
+        line.startswith("UUID=") and f" {tmp_path / 'shared'} ext4 defaults,_netdev,nofail " in line
+    )
+
+
+def test_files_on_an_existing_volume_survive_any_configuration(
+    loop_device: str, tmp_path: Path
+) -> None:
+    subprocess.run(["mkfs.ext4", "-q", "-F", loop_device], check=True)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    subprocess.run(["mount", loop_device, str(seed)], check=True)
+    (seed / "results.dat").write_text("three weeks of simulation")
+    subprocess.run(["umount", str(seed)], check=True)
+
+    for fs_type in ("xfs", "ext4", "btrfs"):
+        mount_point = tmp_path / f"shared-{fs_type}"
+        set_up(Volume(loop_device, str(mount_point), fs_type=fs_type), fstab=tmp_path / "fstab")
+        assert (mount_point / "results.dat").read_text() == "three weeks of simulation"
+        subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_dry_run_plans_and_changes_nothing(loop_device: str, tmp_path: Path) -> None:
+    steps = set_up(
+        Volume(loop_device, str(tmp_path / "shared")), fstab=tmp_path / "fstab", dry_run=True
+    )
+
+    assert isinstance(steps[0], Format)
+    blank = subprocess.run(["blkid", "-p", loop_device], capture_output=True)
+    assert blank.returncode == 2
+    assert not (tmp_path / "fstab").exists()
