@@ -26,6 +26,7 @@ from cfncluster_node import (
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
 from cfncluster_node.schedulers import SchedulerError
+from cfncluster_node.storage import StorageError, setup
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -39,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"cfncluster-node: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    except (AwsError, SchedulerError, announce.AnnounceError) as exc:
+    except (AwsError, SchedulerError, StorageError, announce.AnnounceError) as exc:
         print(f"cfncluster-node: {exc}", file=sys.stderr)
         return EXIT_FAILED
 
@@ -70,6 +71,16 @@ def _parser() -> argparse.ArgumentParser:
         alone = with_config(service, help_text)
         alone.add_argument("--burst", action="store_true", help=burst_help)
         alone.set_defaults(handler=_one_service, service=service)
+
+    storage = with_config("storage", "set up the head node's volumes (formats only blank ones)")
+    storage.add_argument("action", choices=["setup"])
+    storage.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+    storage.add_argument(
+        "--destroy",
+        action="store_true",
+        help="format a device even if it holds data (a filesystem, partitions, RAID)",
+    )
+    storage.set_defaults(handler=_storage)
 
     status = with_config("status", "the compute fleet as EC2, the table and the scheduler see it")
     status.add_argument("--json", action="store_true", help="JSON for scripts")
@@ -109,8 +120,17 @@ def _configured(args: argparse.Namespace) -> Config:
     return settings
 
 
-def _serve(settings: Config, names: Sequence[ServiceName], *, burst: bool) -> int:
+def _serve(
+    settings: Config, names: Sequence[ServiceName], *, burst: bool, storage: bool = False
+) -> int:
     async def main(stop: asyncio.Event) -> None:
+        if storage:
+            # Storage first: the services never start on a half-set-up node.
+            try:
+                await setup.set_up_all(settings.storage)
+            except StorageError as exc:
+                logs.get().error("storage_failed", error=str(exc))
+                raise
         async with Aws(settings.aws, settings.cluster.region) as aws:
             registry = services.build_registry(settings, aws)
             running = [services.build(name, settings, aws, registry, burst=burst) for name in names]
@@ -122,11 +142,23 @@ def _serve(settings: Config, names: Sequence[ServiceName], *, burst: bool) -> in
 
 def _run(args: argparse.Namespace) -> int:
     settings = _configured(args)
-    return _serve(settings, settings.supervisor.services, burst=False)
+    return _serve(settings, settings.supervisor.services, burst=False, storage=True)
 
 
 def _one_service(args: argparse.Namespace) -> int:
     return _serve(_configured(args), [args.service], burst=args.burst)
+
+
+def _storage(args: argparse.Namespace) -> int:
+    settings = _configured(args)
+    steps = asyncio.run(
+        setup.set_up_all(settings.storage, destroy=args.destroy, dry_run=args.dry_run)
+    )
+    for step in steps:
+        print(step)
+    if not steps:
+        print("storage: nothing to do")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

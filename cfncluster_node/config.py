@@ -99,6 +99,18 @@ class SupervisorSettings(_Section):
     restart_backoff_max: StrictFloat = Field(default=60.0, gt=0)
 
 
+class SharedVolumeSettings(_Section):
+    device: str = Field(pattern=r"^/dev/[A-Za-z0-9/_.-]+$")
+    mount_point: str = Field(pattern=r"^/[A-Za-z0-9/_.-]*$")
+    fs_type: Literal["ext4", "xfs"] = "ext4"
+    label: str | None = Field(default=None, max_length=12, pattern=r"^[A-Za-z0-9_-]+$")
+
+
+class StorageSettings(_Section):
+    fstab: Path = Path("/etc/fstab")
+    shared: list[SharedVolumeSettings] = Field(default_factory=list)
+
+
 class LoggingSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -111,6 +123,7 @@ class Config(_Section):
     publisher: PublisherSettings = PublisherSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
     scalein: ScaleInSettings = ScaleInSettings()
+    storage: StorageSettings = StorageSettings()
     slurm: SlurmSettings = SlurmSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     logging: LoggingSettings = LoggingSettings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -154,3 +155,48 @@ def test_a_dry_run_plans_and_changes_nothing(loop_device: str, tmp_path: Path) -
     blank = subprocess.run(["blkid", "-p", loop_device], capture_output=True)
     assert blank.returncode == 2
     assert not (tmp_path / "fstab").exists()
+
+
+def cfncluster_node(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cfncluster_node", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def storage_config(path: Path, device: str, mount_point: Path, fstab: Path) -> Path:
+    path.write_text(
+        '[cluster]\nstack_name = "s"\nregion = "us-east-1"\ntable = "rows"\n'
+        '[sqswatcher]\nqueue = "q"\n'
+        f'[storage]\nfstab = "{fstab}"\n'
+        f'[[storage.shared]]\ndevice = "{device}"\nmount_point = "{mount_point}"\n'
+        '[logging]\nformat = "json"\n'
+    )
+    return path
+
+
+def test_storage_setup_dry_run_prints_the_plan_and_touches_nothing(
+    loop_device: str, tmp_path: Path
+) -> None:
+    config = storage_config(tmp_path / "node.toml", loop_device, tmp_path / "s", tmp_path / "fstab")
+
+    result = cfncluster_node("storage", "setup", "--dry-run", "--config", str(config))
+
+    assert result.returncode == 0, result.stderr
+    assert f"Format(device='{loop_device}', fs_type='ext4'" in result.stdout
+    assert subprocess.run(["blkid", "-p", loop_device], capture_output=True).returncode == 2
+
+
+def test_run_stops_before_any_service_when_storage_fails(tmp_path: Path) -> None:
+    config = storage_config(
+        tmp_path / "node.toml", "/dev/xvdz-missing", tmp_path / "s", tmp_path / "fstab"
+    )
+
+    result = cfncluster_node("run", "--config", str(config))
+
+    assert result.returncode == 1
+    assert "/dev/xvdz-missing: no such device; check that the volume is attached" in result.stderr
+    assert '"event": "storage_failed"' in result.stdout
+    assert "sqswatcher_started" not in result.stdout
