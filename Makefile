@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := slurm-wlm munge
+SYSTEM_PACKAGES := slurm-wlm munge e2fsprogs xfsprogs btrfs-progs util-linux
 
 .PHONY: install system-deps test demo bench lint clean
 

@@ -106,8 +106,17 @@ class SharedVolumeSettings(_Section):
     label: str | None = Field(default=None, max_length=12, pattern=r"^[A-Za-z0-9_-]+$")
 
 
+class ScratchSettings(_Section):
+    # The instance-store disks; their discovery from instance metadata is to come.
+    devices: list[str] = Field(default_factory=list)
+    mount_point: str = Field(default="/scratch", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    fs_type: Literal["ext4", "xfs"] = "ext4"
+    raid: Literal["mdadm", "btrfs"] = "mdadm"
+
+
 class StorageSettings(_Section):
     fstab: Path = Path("/etc/fstab")
+    scratch: ScratchSettings | None = None
     shared: list[SharedVolumeSettings] = Field(default_factory=list)
 
 

@@ -13,7 +13,10 @@ from cfncluster_node.storage.plan import (
     Format,
     FstabEntry,
     MakeDir,
+    MountArray,
     MountDevice,
+    OpenToAll,
+    RunCommands,
     Step,
 )
 
@@ -21,7 +24,7 @@ _MKFS_TIMEOUT_S = 600.0  # a large volume
 _TIMEOUT_S = 60.0
 
 
-async def apply(steps: list[Step], *, fstab: Path) -> None:
+async def apply(steps: list[Step], *, fstab: Path | None = None) -> None:
     log = logs.get()
     for step in steps:
         try:
@@ -31,7 +34,7 @@ async def apply(steps: list[Step], *, fstab: Path) -> None:
         log.info("storage_step_done", step=type(step).__name__, detail=_describe(step))
 
 
-async def _apply(step: Step, fstab: Path) -> None:
+async def _apply(step: Step, fstab: Path | None) -> None:
     match step:
         case Format(device, fs_type, label):
             labelled = ["-L", label] if label else []
@@ -44,7 +47,16 @@ async def _apply(step: Step, fstab: Path) -> None:
             await commands.run(["mkdir", "-p", path], timeout=_TIMEOUT_S)
         case MountDevice(device, mount_point):
             await commands.run(["mount", device, mount_point], timeout=_TIMEOUT_S)
+        case RunCommands(_, argvs):
+            for argv in argvs:
+                await commands.run(list(argv), timeout=_MKFS_TIMEOUT_S)
+        case MountArray(argv):
+            await commands.run(list(argv), timeout=_TIMEOUT_S)
+        case OpenToAll(path):
+            await commands.run(["chmod", "1777", path], timeout=_TIMEOUT_S)
         case FstabEntry(device, mount_point):
+            if fstab is None:
+                raise StorageError(f"{mount_point}: an fstab entry was planned but no fstab given")
             found = await probe(device)
             if not found.uuid or not found.fs_type:
                 raise StorageError(f"{device}: no filesystem UUID to put in {fstab}")
@@ -67,3 +79,9 @@ def _describe(step: Step) -> str:
             return f"mount {device} {mount_point}"
         case FstabEntry(device, mount_point):
             return f"fstab {device} {mount_point}"
+        case RunCommands(what, argvs):
+            return f"{what}: " + "; ".join(" ".join(argv) for argv in argvs)
+        case MountArray(argv):
+            return " ".join(argv)
+        case OpenToAll(path):
+            return f"chmod 1777 {path}"

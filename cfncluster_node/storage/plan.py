@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cfncluster_node.storage import StorageError
+from cfncluster_node.storage import StorageError, raid
 from cfncluster_node.storage.devices import Device, Mount
+from cfncluster_node.storage.raid import Backend
 
 # An fstab line that cannot hang a boot: a missing volume is skipped, not waited for.
 FSTAB_OPTIONS = "defaults,_netdev,nofail"
@@ -47,7 +48,39 @@ class FstabEntry:
     mount_point: str
 
 
-Step = Format | MakeDir | MountDevice | FstabEntry
+@dataclass(frozen=True)
+class Scratch:
+    """Instance-store disks as one volume; rebuilt at every boot, so never in fstab."""
+
+    devices: tuple[str, ...]
+    mount_point: str = "/scratch"
+    fs_type: str = "ext4"
+    backend: Backend = "mdadm"
+    md_device: str = "/dev/md0"
+    label: str = "scratch"
+
+
+@dataclass(frozen=True)
+class RunCommands:
+    """Commands of the RAID seam (create or assemble an array), run in order."""
+
+    what: str
+    argvs: tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class MountArray:
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OpenToAll:
+    """Mode 1777, as /tmp: every user writes, only owners delete."""
+
+    path: str
+
+
+Step = Format | MakeDir | MountDevice | FstabEntry | RunCommands | MountArray | OpenToAll
 
 
 def plan_volume(
@@ -94,3 +127,73 @@ def fstab_mount_points(text: str) -> set[str]:
         if len(fields) >= 2 and not fields[0].startswith("#"):
             points.add(fields[1])
     return points
+
+
+def plan_scratch(
+    scratch: Scratch, devices: list[Device], mounts: list[Mount], *, destroy: bool = False
+) -> list[Step]:
+    """0 disks: nothing. 1 disk: that disk. 2 or more: one RAID0 array."""
+    if not devices or any(m.target == scratch.mount_point for m in mounts):
+        return []
+    if len(devices) == 1:
+        [disk] = devices
+        if not (destroy or disk.blank or disk.fs_type):
+            raise StorageError(_refusal(disk))
+        steps: list[Step] = (
+            []
+            if disk.fs_type and not destroy
+            else [Format(disk.path, scratch.fs_type, scratch.label)]
+        )
+        return [
+            *steps,
+            MakeDir(scratch.mount_point),
+            MountDevice(disk.path, scratch.mount_point),
+            OpenToAll(scratch.mount_point),
+        ]
+    paths = [disk.path for disk in devices]
+    mount = MountArray(
+        tuple(
+            raid.mount(
+                scratch.backend, paths, md_device=scratch.md_device, mount_point=scratch.mount_point
+            )
+        )
+    )
+    if not destroy and _one_array(devices):
+        assemble = raid.assemble(scratch.backend, paths, md_device=scratch.md_device)
+        return [RunCommands("assemble", _tuples(assemble)), MakeDir(scratch.mount_point), mount]
+    used = [disk for disk in devices if not disk.blank]
+    if used and not destroy:
+        raise StorageError("; ".join(_refusal(disk) for disk in used))
+    create = raid.create(
+        scratch.backend,
+        paths,
+        md_device=scratch.md_device,
+        fs_type=scratch.fs_type,
+        label=scratch.label,
+    )
+    return [
+        RunCommands("create", _tuples(create)),
+        MakeDir(scratch.mount_point),
+        mount,
+        OpenToAll(scratch.mount_point),
+    ]
+
+
+def _one_array(devices: list[Device]) -> bool:
+    """Every disk a member of the same array (btrfs or md), as after a reboot."""
+    uuids = {disk.uuid for disk in devices}
+    kinds = {disk.fs_type for disk in devices}
+    return len(uuids) == 1 and None not in uuids and kinds <= {"btrfs", "linux_raid_member"}
+
+
+def _refusal(disk: Device) -> str:
+    held = disk.partition_table and f"a {disk.partition_table} partition table"
+    what = held or (disk.fs_type and f"a {disk.fs_type} filesystem") or disk.usage or "data"
+    return (
+        f"{disk.path}: holds {what}; refusing to format it. Pass the explicit destructive "
+        "flag to format it anyway"
+    )
+
+
+def _tuples(argvs: list[list[str]]) -> tuple[tuple[str, ...], ...]:
+    return tuple(tuple(argv) for argv in argvs)

@@ -10,21 +10,22 @@ from cfncluster_node import logs
 from cfncluster_node.config import StorageSettings
 from cfncluster_node.storage import StorageError
 from cfncluster_node.storage.apply import apply
-from cfncluster_node.storage.devices import mounts, probe, resolve
-from cfncluster_node.storage.plan import Step, Volume, fstab_mount_points, plan_volume
+from cfncluster_node.storage.devices import Device, mounts, probe, resolve
+from cfncluster_node.storage.plan import (
+    Scratch,
+    Step,
+    Volume,
+    fstab_mount_points,
+    plan_scratch,
+    plan_volume,
+)
 
 
 async def set_up_volume(
     volume: Volume, *, fstab: Path, destroy: bool = False, dry_run: bool = False
 ) -> list[Step]:
     """Make the volume formatted (only if blank), mounted and in fstab; return the plan."""
-    path = resolve(volume.device)
-    if not await asyncio.to_thread(os.path.exists, path):
-        raise StorageError(
-            f"{volume.device}: no such device; check that the volume is attached "
-            "(on Nitro instances EBS volumes are NVMe devices)"
-        )
-    device = await probe(path)
+    device = await _probe_existing(volume.device)
     text = await asyncio.to_thread(_read, fstab)
     steps = plan_volume(volume, device, await mounts(), fstab_mount_points(text), destroy=destroy)
     logs.get().info(
@@ -39,6 +40,34 @@ async def set_up_volume(
     return steps
 
 
+async def set_up_scratch(
+    scratch: Scratch, *, destroy: bool = False, dry_run: bool = False
+) -> list[Step]:
+    """Instance-store disks as one volume at the mount point; return the plan."""
+    devices = [await _probe_existing(path) for path in scratch.devices]
+    steps = plan_scratch(scratch, devices, await mounts(), destroy=destroy)
+    logs.get().info(
+        "storage_planned",
+        devices=list(scratch.devices),
+        mount_point=scratch.mount_point,
+        steps=[type(step).__name__ for step in steps],
+        dry_run=dry_run,
+    )
+    if not dry_run:
+        await apply(steps)
+    return steps
+
+
+async def _probe_existing(device: str) -> Device:
+    path = resolve(device)
+    if not await asyncio.to_thread(os.path.exists, path):
+        raise StorageError(
+            f"{device}: no such device; check that the volume is attached "
+            "(on Nitro instances EBS volumes and instance-store disks are NVMe devices)"
+        )
+    return await probe(path)
+
+
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
 
@@ -48,6 +77,14 @@ async def set_up_all(
 ) -> list[Step]:
     """Every configured volume, one after the other; the first failure stops the rest."""
     steps: list[Step] = []
+    if settings.scratch is not None:
+        scratch = Scratch(
+            tuple(settings.scratch.devices),
+            settings.scratch.mount_point,
+            settings.scratch.fs_type,
+            settings.scratch.raid,
+        )
+        steps += await set_up_scratch(scratch, destroy=destroy, dry_run=dry_run)
     for shared in settings.shared:
         volume = Volume(shared.device, shared.mount_point, shared.fs_type, shared.label)
         steps += await set_up_volume(volume, fstab=settings.fstab, destroy=destroy, dry_run=dry_run)
