@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +95,37 @@ def set_up(volume: Volume, **options: Any) -> list[Step]:
 
 
 @pytest.fixture
-def loop_device(tmp_path: Path) -> Iterator[str]:
-    image = tmp_path / "disk.img"
-    with image.open("wb") as file:
-        file.truncate(64 * 1024 * 1024)
-    attached = subprocess.run(
-        ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
-    )
-    if attached.returncode != 0:
-        pytest.skip(f"no loop device on this machine: {attached.stderr.strip()}")
-    device = attached.stdout.strip()
-    yield device
-    subprocess.run(["umount", device], capture_output=True)
-    subprocess.run(["losetup", "-d", device], capture_output=True)
+def attach(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """Loop devices over sparse files; unmounted and detached after the test."""
+    attached: list[str] = []
+
+    def one(megabytes: int) -> str:
+        image = tmp_path / f"disk{len(attached)}.img"
+        with image.open("wb") as file:
+            file.truncate(megabytes * 1024 * 1024)
+        result = subprocess.run(
+            ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"no loop device on this machine: {result.stderr.strip()}")
+        attached.append(result.stdout.strip())
+        return attached[-1]
+
+    yield one
+    for device in attached:
+        subprocess.run(["umount", device], capture_output=True)
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+@pytest.fixture
+def loop_device(attach: Callable[[int], str]) -> str:
+    return attach(64)
+
+
+@pytest.fixture
+def two_loop_devices(attach: Callable[[int], str]) -> tuple[str, str]:
+    # btrfs needs more room per member than one small ext4.
+    return attach(128), attach(128)
 
 
 def mounted_at(mount_point: Path) -> str:
@@ -265,25 +283,6 @@ def test_a_disk_with_data_among_blank_ones_is_refused_by_name() -> None:
     disks = [Device("/dev/xvdb"), Device("/dev/xvdc", fs_type="xfs", uuid="u", usage="filesystem")]
     with pytest.raises(StorageError, match="/dev/xvdc: holds a xfs filesystem; refusing"):
         plan_scratch(Scratch(("/dev/xvdb", "/dev/xvdc")), disks, [])
-
-
-@pytest.fixture
-def two_loop_devices(tmp_path: Path) -> Iterator[tuple[str, str]]:
-    attached = []
-    for name in ("a.img", "b.img"):
-        image = tmp_path / name
-        with image.open("wb") as file:
-            file.truncate(128 * 1024 * 1024)
-        result = subprocess.run(
-            ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            pytest.skip(f"no loop device on this machine: {result.stderr.strip()}")
-        attached.append(result.stdout.strip())
-    yield attached[0], attached[1]
-    subprocess.run(["umount", attached[0]], capture_output=True)
-    for device in attached:
-        subprocess.run(["losetup", "-d", device], capture_output=True)
 
 
 def test_instance_store_disks_become_one_striped_volume_and_come_back_after_a_reboot(
