@@ -11,15 +11,8 @@ import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import aiohttp
-
-from cfncluster_node import logs, messages
+from cfncluster_node import imds, logs, messages
 from cfncluster_node.aws import Aws
-
-# botocore's own variable for the metadata endpoint, so one setting redirects both.
-IMDS_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
-_IMDS_DEFAULT = "http://169.254.169.254"
-_TOKEN_TTL_S = "60"
 
 
 class AnnounceError(Exception):
@@ -51,7 +44,7 @@ async def identify(
         "local-ipv4": address,
     }
     missing = [key for key, value in given.items() if value is None]
-    found = await _metadata(missing) if missing else {}
+    found = await imds.read(missing) if missing else {}
     values = {key: given[key] or found.get(key) for key in given}
     try:
         return Identity(
@@ -72,30 +65,6 @@ def _checked_hostname(value: str) -> str:
 
 def _maybe(validate: object, value: str | None) -> str | None:
     return None if value is None else validate(value)  # type: ignore[operator]
-
-
-async def _metadata(keys: list[str]) -> dict[str, str]:
-    base = os.environ.get(IMDS_ENV, _IMDS_DEFAULT).rstrip("/")
-    timeout = aiohttp.ClientTimeout(total=10)
-    try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async with session.put(
-                f"{base}/latest/api/token",
-                headers={"X-aws-ec2-metadata-token-ttl-seconds": _TOKEN_TTL_S},
-            ) as response:
-                response.raise_for_status()
-                token = await response.text()
-            found = {}
-            for key in keys:
-                async with session.get(
-                    f"{base}/latest/meta-data/{key}",
-                    headers={"X-aws-ec2-metadata-token": token},
-                ) as response:
-                    if response.status == 200:
-                        found[key] = (await response.text()).strip()
-            return found
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise AnnounceError(f"instance metadata at {base} did not answer: {exc}") from None
 
 
 async def send(aws: Aws, queue_url: str, event: str, identity: Identity) -> str:

@@ -16,6 +16,7 @@ from cfncluster_node import (
     __version__,
     announce,
     config,
+    imds,
     logs,
     messages,
     reconciler,
@@ -40,7 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in str(exc).splitlines():
             print(f"cfncluster-node: {line}", file=sys.stderr)
         return EXIT_CONFIG
-    except (AwsError, SchedulerError, StorageError, announce.AnnounceError) as exc:
+    except (
+        AwsError,
+        SchedulerError,
+        StorageError,
+        announce.AnnounceError,
+        imds.MetadataError,
+    ) as exc:
         print(f"cfncluster-node: {exc}", file=sys.stderr)
         return EXIT_FAILED
 

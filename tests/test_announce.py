@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from cfncluster_node.announce import IMDS_ENV
 from cfncluster_node.aws import Aws
+from cfncluster_node.imds import IMDS_ENV
 from cfncluster_node.localaws import ClusterResources, MotoServer
 from cfncluster_node.localslurm import LocalSlurm
 from tests.test_sqswatcher import drain, rows, slurm_hosts
