@@ -13,11 +13,12 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from cfncluster_node import group, logs
 from cfncluster_node.aws import Aws
@@ -128,3 +129,37 @@ def wait_running(slurm: LocalSlurm, job: str) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"job {job} did not start")
+
+
+MetadataService = Callable[[dict[str, str]], Awaitable[str]]
+
+
+@pytest.fixture
+async def metadata_service() -> AsyncIterator[MetadataService]:
+    """Per-instance metadata speaking IMDSv2 (moto's is static and global): start(values)."""
+    token = "token-1234"
+    runners: list[web.AppRunner] = []
+
+    async def start(values: dict[str, str]) -> str:
+        async def issue_token(request: web.Request) -> web.Response:
+            assert request.headers["X-aws-ec2-metadata-token-ttl-seconds"]
+            return web.Response(text=token)
+
+        async def answer(request: web.Request) -> web.Response:
+            if request.headers.get("X-aws-ec2-metadata-token") != token:
+                return web.Response(status=401)
+            key = request.match_info["key"]
+            return web.Response(text=values[key]) if key in values else web.Response(status=404)
+
+        app = web.Application()
+        app.router.add_put("/latest/api/token", issue_token)
+        app.router.add_get("/latest/meta-data/{key}", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        runners.append(runner)
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()

@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp import web
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.imds import IMDS_ENV
 from cfncluster_node.localaws import ClusterResources, MotoServer
 from cfncluster_node.localslurm import LocalSlurm
+from tests.conftest import MetadataService
 from tests.test_sqswatcher import drain, rows, slurm_hosts
 
-TOKEN = "token-1234"
 METADATA = {
     "instance-id": "i-0a1b2c3d4e5f60718",
     "local-hostname": "ip-10-0-3-17.ec2.internal",
@@ -26,29 +24,8 @@ METADATA = {
 
 
 @pytest.fixture
-async def imds() -> AsyncIterator[str]:
-    """A per-instance metadata service speaking IMDSv2 (moto's is static and global)."""
-
-    async def token(request: web.Request) -> web.Response:
-        assert request.headers["X-aws-ec2-metadata-token-ttl-seconds"]
-        return web.Response(text=TOKEN)
-
-    async def metadata(request: web.Request) -> web.Response:
-        if request.headers.get("X-aws-ec2-metadata-token") != TOKEN:
-            return web.Response(status=401)
-        key = request.match_info["key"]
-        return web.Response(text=METADATA[key]) if key in METADATA else web.Response(status=404)
-
-    app = web.Application()
-    app.router.add_put("/latest/api/token", token)
-    app.router.add_get("/latest/meta-data/{key}", metadata)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+async def imds(metadata_service: MetadataService) -> str:
+    return await metadata_service(METADATA)
 
 
 async def announce(moto: MotoServer, imds: str, *args: str) -> tuple[int, str]:
