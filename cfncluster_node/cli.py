@@ -28,6 +28,7 @@ from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
 from cfncluster_node.schedulers import SchedulerError
 from cfncluster_node.storage import StorageError, setup
+from cfncluster_node.storage.plan import Step
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
@@ -131,14 +132,14 @@ def _serve(
     settings: Config, names: Sequence[ServiceName], *, burst: bool, storage: bool = False
 ) -> int:
     async def main(stop: asyncio.Event) -> None:
-        if storage:
-            # Storage first: the services never start on a half-set-up node.
-            try:
-                await setup.set_up_all(settings.storage)
-            except StorageError as exc:
-                logs.get().error("storage_failed", error=str(exc))
-                raise
         async with Aws(settings.aws, settings.cluster.region) as aws:
+            if storage:
+                # Storage first: the services never start on a half-set-up node.
+                try:
+                    await setup.set_up_all(settings.storage, aws=aws)
+                except StorageError as exc:
+                    logs.get().error("storage_failed", error=str(exc))
+                    raise
             registry = services.build_registry(settings, aws)
             running = [services.build(name, settings, aws, registry, burst=burst) for name in names]
             await supervisor.supervise(running, stop, settings.supervisor)
@@ -158,9 +159,14 @@ def _one_service(args: argparse.Namespace) -> int:
 
 def _storage(args: argparse.Namespace) -> int:
     settings = _configured(args)
-    steps = asyncio.run(
-        setup.set_up_all(settings.storage, destroy=args.destroy, dry_run=args.dry_run)
-    )
+
+    async def main() -> list[Step]:
+        async with Aws(settings.aws, settings.cluster.region) as aws:
+            return await setup.set_up_all(
+                settings.storage, aws=aws, destroy=args.destroy, dry_run=args.dry_run
+            )
+
+    steps = asyncio.run(main())
     for step in steps:
         print(step)
     if not steps:

@@ -100,7 +100,9 @@ class SupervisorSettings(_Section):
 
 
 class SharedVolumeSettings(_Section):
+    # With volume_id, the name the volume is attached under (e.g. /dev/sdf).
     device: str = Field(pattern=r"^/dev/[A-Za-z0-9/_.-]+$")
+    volume_id: str | None = Field(default=None, pattern=r"^vol-[0-9a-f]{8,17}$")
     mount_point: str = Field(pattern=r"^/[A-Za-z0-9/_.-]*$")
     fs_type: Literal["ext4", "xfs"] = "ext4"
     label: str | None = Field(default=None, max_length=12, pattern=r"^[A-Za-z0-9_-]+$")

@@ -4,6 +4,8 @@
   through ``AWS_ENDPOINT_URL``, exactly as in production.
 - ``slurm``: a private slurmctld (Debian's slurm-wlm) with its own slurm.conf and ports.
 - ``compute_node``: one compute group instance, joined, with a real slurmd.
+- ``attach`` / ``loop_device``: loop devices over sparse files, detached afterwards.
+- ``metadata_service``: a per-instance IMDSv2 stub.
 """
 
 from __future__ import annotations
@@ -163,3 +165,31 @@ async def metadata_service() -> AsyncIterator[MetadataService]:
     yield start
     for runner in runners:
         await runner.cleanup()
+
+
+@pytest.fixture
+def attach(tmp_path: Path) -> Iterator[Callable[[int], str]]:
+    """Loop devices over sparse files; unmounted and detached after the test."""
+    attached: list[str] = []
+
+    def one(megabytes: int) -> str:
+        image = tmp_path / f"disk{len(attached)}.img"
+        with image.open("wb") as file:
+            file.truncate(megabytes * 1024 * 1024)
+        result = subprocess.run(
+            ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            pytest.skip(f"no loop device on this machine: {result.stderr.strip()}")
+        attached.append(result.stdout.strip())
+        return attached[-1]
+
+    yield one
+    for device in attached:
+        subprocess.run(["umount", device], capture_output=True)
+        subprocess.run(["losetup", "-d", device], capture_output=True)
+
+
+@pytest.fixture
+def loop_device(attach: Callable[[int], str]) -> str:
+    return attach(64)

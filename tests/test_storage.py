@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,34 +92,6 @@ def test_blkid_findmnt_and_fstab_are_read() -> None:
 
 def set_up(volume: Volume, **options: Any) -> list[Step]:
     return asyncio.run(set_up_volume(volume, **options))
-
-
-@pytest.fixture
-def attach(tmp_path: Path) -> Iterator[Callable[[int], str]]:
-    """Loop devices over sparse files; unmounted and detached after the test."""
-    attached: list[str] = []
-
-    def one(megabytes: int) -> str:
-        image = tmp_path / f"disk{len(attached)}.img"
-        with image.open("wb") as file:
-            file.truncate(megabytes * 1024 * 1024)
-        result = subprocess.run(
-            ["losetup", "-f", "--show", str(image)], capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            pytest.skip(f"no loop device on this machine: {result.stderr.strip()}")
-        attached.append(result.stdout.strip())
-        return attached[-1]
-
-    yield one
-    for device in attached:
-        subprocess.run(["umount", device], capture_output=True)
-        subprocess.run(["losetup", "-d", device], capture_output=True)
-
-
-@pytest.fixture
-def loop_device(attach: Callable[[int], str]) -> str:
-    return attach(64)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from cfncluster_node.storage import StorageError
 from cfncluster_node.storage.devices import probe
 from cfncluster_node.storage.plan import (
     FSTAB_OPTIONS,
+    AttachVolume,
     Format,
     FstabEntry,
     MakeDir,
@@ -36,6 +37,8 @@ async def apply(steps: list[Step], *, fstab: Path | None = None) -> None:
 
 async def _apply(step: Step, fstab: Path | None) -> None:
     match step:
+        case AttachVolume(volume_id, _):
+            raise StorageError(f"{volume_id}: attaching is storage setup's, not a step to apply")
         case Format(device, fs_type, label):
             labelled = ["-L", label] if label else []
             # -F: a whole device, not a partition, is what we mean (blank, checked by the plan).
@@ -71,6 +74,8 @@ def _append(path: Path, line: str) -> None:
 
 def _describe(step: Step) -> str:
     match step:
+        case AttachVolume(volume_id, device):
+            return f"attach {volume_id} as {device}"
         case Format(device, fs_type, _):
             return f"mkfs.{fs_type} {device}"
         case MakeDir(path):

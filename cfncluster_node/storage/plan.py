@@ -23,6 +23,14 @@ class Volume:
 
 
 @dataclass(frozen=True)
+class AttachVolume:
+    """Planned only in a dry run: a real run attaches, then plans the device it finds."""
+
+    volume_id: str
+    device: str
+
+
+@dataclass(frozen=True)
 class Format:
     device: str
     fs_type: str
@@ -80,7 +88,16 @@ class OpenToAll:
     path: str
 
 
-Step = Format | MakeDir | MountDevice | FstabEntry | RunCommands | MountArray | OpenToAll
+Step = (
+    AttachVolume
+    | Format
+    | MakeDir
+    | MountDevice
+    | FstabEntry
+    | RunCommands
+    | MountArray
+    | OpenToAll
+)
 
 
 def plan_volume(

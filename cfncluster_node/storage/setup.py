@@ -6,12 +6,14 @@ import asyncio
 import os
 from pathlib import Path
 
-from cfncluster_node import logs
+from cfncluster_node import imds, logs
+from cfncluster_node.aws import Aws
 from cfncluster_node.config import StorageSettings
-from cfncluster_node.storage import StorageError
+from cfncluster_node.storage import StorageError, ebs
 from cfncluster_node.storage.apply import apply
 from cfncluster_node.storage.devices import Device, mounts, probe, resolve
 from cfncluster_node.storage.plan import (
+    AttachVolume,
     Scratch,
     Step,
     Volume,
@@ -73,9 +75,18 @@ def _read(path: Path) -> str:
 
 
 async def set_up_all(
-    settings: StorageSettings, *, destroy: bool = False, dry_run: bool = False
+    settings: StorageSettings,
+    *,
+    aws: Aws | None = None,
+    destroy: bool = False,
+    dry_run: bool = False,
+    sys_block: Path = Path("/sys/block"),
+    dev: Path = Path("/dev"),
 ) -> list[Step]:
-    """Every configured volume, one after the other; the first failure stops the rest."""
+    """Every configured volume, one after the other; the first failure stops the rest.
+
+    A shared volume given by ``volume_id`` is attached to this instance first (``aws``).
+    """
     steps: list[Step] = []
     if settings.scratch is not None:
         scratch = Scratch(
@@ -86,6 +97,29 @@ async def set_up_all(
         )
         steps += await set_up_scratch(scratch, destroy=destroy, dry_run=dry_run)
     for shared in settings.shared:
-        volume = Volume(shared.device, shared.mount_point, shared.fs_type, shared.label)
+        device = shared.device
+        if shared.volume_id is not None:
+            found = await _attached(shared.volume_id, shared.device, aws, dry_run, sys_block, dev)
+            if found is None:  # a dry run: nothing attached, nothing more to plan
+                steps.append(AttachVolume(shared.volume_id, shared.device))
+                continue
+            device = found
+        volume = Volume(device, shared.mount_point, shared.fs_type, shared.label)
         steps += await set_up_volume(volume, fstab=settings.fstab, destroy=destroy, dry_run=dry_run)
     return steps
+
+
+async def _attached(
+    volume_id: str, requested: str, aws: Aws | None, dry_run: bool, sys_block: Path, dev: Path
+) -> str | None:
+    if dry_run:
+        return await asyncio.to_thread(
+            ebs.find_device, volume_id, requested, sys_block=sys_block, dev=dev
+        )
+    if aws is None:
+        raise StorageError(f"{volume_id}: attaching a volume needs AWS credentials and a region")
+    instance_id = (await imds.read(["instance-id"])).get("instance-id")
+    if not instance_id:
+        raise StorageError(f"{volume_id}: this instance's id is not in its metadata")
+    await ebs.attach(aws, volume_id, instance_id, requested)
+    return await ebs.wait_for_device(volume_id, requested, sys_block=sys_block, dev=dev)
