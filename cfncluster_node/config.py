@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,6 +107,8 @@ class SharedVolumeSettings(_Section):
     mount_point: str = Field(pattern=r"^/[A-Za-z0-9/_.-]*$")
     fs_type: Literal["ext4", "xfs"] = "ext4"
     label: str | None = Field(default=None, max_length=12, pattern=r"^[A-Za-z0-9_-]+$")
+    # Export over NFS to this network (the VPC CIDR), read-write for the compute nodes.
+    export_to: IPv4Network | None = None
 
 
 class ScratchSettings(_Section):
@@ -118,6 +121,7 @@ class ScratchSettings(_Section):
 
 class StorageSettings(_Section):
     fstab: Path = Path("/etc/fstab")
+    exports: Path = Path("/etc/exports.d/cfncluster.exports")
     scratch: ScratchSettings | None = None
     shared: list[SharedVolumeSettings] = Field(default_factory=list)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from cfncluster_node.storage import StorageError
 from cfncluster_node.storage.devices import Device, Mount, parse_blkid, parse_findmnt
 from cfncluster_node.storage.plan import (
+    Export,
     Format,
     FstabEntry,
     MakeDir,
@@ -24,6 +27,7 @@ from cfncluster_node.storage.plan import (
     Scratch,
     Step,
     Volume,
+    exports_of,
     fstab_mount_points,
     plan_scratch,
     plan_volume,
@@ -277,3 +281,42 @@ def test_instance_store_disks_become_one_striped_volume_and_come_back_after_a_re
 
     assert isinstance(after_boot[0], RunCommands) and after_boot[0].what == "assemble"
     assert (tmp_path / "scratch" / "job.out").read_text() == "partial results"
+
+
+def test_an_exported_volume_gets_its_nfs_export_once() -> None:
+    volume = Volume("/dev/loop9", "/shared", export_to="10.0.0.0/16")
+    existing = Device("/dev/loop9", fs_type="ext4", uuid="u", usage="filesystem")
+    mounted = [Mount("/dev/loop9", "/shared", "ext4")]
+
+    first = plan_volume(volume, existing, mounted, {"/shared"})
+    exported = exports_of("/shared 10.0.0.0/16(rw,sync,no_root_squash,no_subtree_check)\n")
+    again = plan_volume(volume, existing, mounted, {"/shared"}, exported=exported)
+
+    assert first == [Export("/shared", "10.0.0.0/16")]
+    assert again == []
+
+
+@pytest.fixture
+def exports_file() -> Iterator[Path]:
+    """A file of the real NFS server's /etc/exports.d, removed (and unexported) after."""
+    if shutil.which("exportfs") is None:
+        pytest.skip("exportfs not installed: apt-get install nfs-kernel-server")
+    path = Path("/etc/exports.d") / f"cfncluster-test-{os.getpid()}.exports"
+    yield path
+    path.unlink(missing_ok=True)
+    subprocess.run(["exportfs", "-ra"], capture_output=True)
+
+
+def test_the_shared_volume_is_exported_to_the_vpc_over_nfs(
+    loop_device: str, tmp_path: Path, exports_file: Path
+) -> None:
+    volume = Volume(loop_device, str(tmp_path / "shared"), export_to="10.0.0.0/16")
+
+    set_up(volume, fstab=tmp_path / "fstab", exports=exports_file)
+    again = set_up(volume, fstab=tmp_path / "fstab", exports=exports_file)
+
+    assert again == []
+    # What the NFS server now exports: its export table.
+    table = Path("/var/lib/nfs/etab").read_text().splitlines()
+    [line] = [line for line in table if line.startswith(f"{tmp_path / 'shared'}\t")]
+    assert "\t10.0.0.0/16(rw," in line and ",no_root_squash," in line

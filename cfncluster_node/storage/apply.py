@@ -11,6 +11,7 @@ from cfncluster_node.storage.devices import probe
 from cfncluster_node.storage.plan import (
     FSTAB_OPTIONS,
     AttachVolume,
+    Export,
     Format,
     FstabEntry,
     MakeDir,
@@ -25,18 +26,28 @@ _MKFS_TIMEOUT_S = 600.0  # a large volume
 _TIMEOUT_S = 60.0
 
 
-async def apply(steps: list[Step], *, fstab: Path | None = None) -> None:
+EXPORT_OPTIONS = "rw,sync,no_root_squash,no_subtree_check"
+
+
+async def apply(
+    steps: list[Step], *, fstab: Path | None = None, exports: Path | None = None
+) -> None:
     log = logs.get()
     for step in steps:
         try:
-            await _apply(step, fstab)
+            await _apply(step, fstab, exports)
         except commands.CommandError as exc:
             raise StorageError(f"{_describe(step)} failed: {exc}") from exc
         log.info("storage_step_done", step=type(step).__name__, detail=_describe(step))
 
 
-async def _apply(step: Step, fstab: Path | None) -> None:
+async def _apply(step: Step, fstab: Path | None, exports: Path | None) -> None:
     match step:
+        case Export(path, network):
+            if exports is None:
+                raise StorageError(f"{path}: an export was planned but no exports file given")
+            await asyncio.to_thread(_export_line, exports, path, f"{network}({EXPORT_OPTIONS})")
+            await commands.run(["exportfs", "-ra"], timeout=_TIMEOUT_S)
         case AttachVolume(volume_id, _):
             raise StorageError(f"{volume_id}: attaching is storage setup's, not a step to apply")
         case Format(device, fs_type, label):
@@ -67,6 +78,14 @@ async def _apply(step: Step, fstab: Path | None) -> None:
             await asyncio.to_thread(_append, fstab, line)
 
 
+def _export_line(exports: Path, path: str, clients: str) -> None:
+    """This path's line, replacing any older one for it."""
+    exports.parent.mkdir(parents=True, exist_ok=True)
+    old = exports.read_text().splitlines() if exports.exists() else []
+    kept = [line for line in old if line.split()[:1] != [path]]
+    exports.write_text("\n".join([*kept, f"{path} {clients}"]) + "\n")
+
+
 def _append(path: Path, line: str) -> None:
     with path.open("a") as file:
         file.write(line)
@@ -76,6 +95,8 @@ def _describe(step: Step) -> str:
     match step:
         case AttachVolume(volume_id, device):
             return f"attach {volume_id} as {device}"
+        case Export(path, network):
+            return f"export {path} to {network}"
         case Format(device, fs_type, _):
             return f"mkfs.{fs_type} {device}"
         case MakeDir(path):

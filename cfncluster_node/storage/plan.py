@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from cfncluster_node.storage import StorageError, raid
@@ -20,6 +21,15 @@ class Volume:
     mount_point: str
     fs_type: str = "ext4"
     label: str | None = None
+    export_to: str | None = None  # a CIDR
+
+
+@dataclass(frozen=True)
+class Export:
+    """An NFS export line (rw, sync, no_root_squash), then ``exportfs -ra``."""
+
+    path: str
+    network: str
 
 
 @dataclass(frozen=True)
@@ -97,6 +107,7 @@ Step = (
     | RunCommands
     | MountArray
     | OpenToAll
+    | Export
 )
 
 
@@ -106,9 +117,11 @@ def plan_volume(
     mounts: list[Mount],
     fstab_mount_points: set[str],
     *,
+    exported: AbstractSet[tuple[str, str]] = frozenset(),
     destroy: bool = False,
 ) -> list[Step]:
-    """The steps that make ``volume`` formatted, mounted and in fstab; [] when it is."""
+    """The steps that make ``volume`` formatted, mounted, in fstab and exported; [] when
+    it is."""
     at_mount_point = [m for m in mounts if m.target == volume.mount_point]
     if at_mount_point and at_mount_point[0].source != device.path:
         raise StorageError(
@@ -134,7 +147,19 @@ def plan_volume(
         steps += [MakeDir(volume.mount_point), MountDevice(device.path, volume.mount_point)]
     if volume.mount_point not in fstab_mount_points:
         steps.append(FstabEntry(device.path, volume.mount_point))
+    if volume.export_to and (volume.mount_point, volume.export_to) not in exported:
+        steps.append(Export(volume.mount_point, volume.export_to))
     return steps
+
+
+def exports_of(text: str) -> set[tuple[str, str]]:
+    """(path, network) pairs of an exports file: ``/shared 10.0.0.0/16(rw,...)``."""
+    found = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and not fields[0].startswith("#"):
+            found |= {(fields[0], client.split("(")[0]) for client in fields[1:]}
+    return found
 
 
 def fstab_mount_points(text: str) -> set[str]:

@@ -17,6 +17,7 @@ from cfncluster_node.storage.plan import (
     Scratch,
     Step,
     Volume,
+    exports_of,
     fstab_mount_points,
     plan_scratch,
     plan_volume,
@@ -24,12 +25,26 @@ from cfncluster_node.storage.plan import (
 
 
 async def set_up_volume(
-    volume: Volume, *, fstab: Path, destroy: bool = False, dry_run: bool = False
+    volume: Volume,
+    *,
+    fstab: Path,
+    exports: Path | None = None,
+    destroy: bool = False,
+    dry_run: bool = False,
 ) -> list[Step]:
-    """Make the volume formatted (only if blank), mounted and in fstab; return the plan."""
+    """Make the volume formatted (only if blank), mounted, in fstab and exported; return
+    the plan."""
     device = await _probe_existing(volume.device)
-    text = await asyncio.to_thread(_read, fstab)
-    steps = plan_volume(volume, device, await mounts(), fstab_mount_points(text), destroy=destroy)
+    fstab_text = await asyncio.to_thread(_read, fstab)
+    exports_text = await asyncio.to_thread(_read, exports) if exports else ""
+    steps = plan_volume(
+        volume,
+        device,
+        await mounts(),
+        fstab_mount_points(fstab_text),
+        exported=exports_of(exports_text),
+        destroy=destroy,
+    )
     logs.get().info(
         "storage_planned",
         device=device.path,
@@ -38,7 +53,7 @@ async def set_up_volume(
         dry_run=dry_run,
     )
     if not dry_run:
-        await apply(steps, fstab=fstab)
+        await apply(steps, fstab=fstab, exports=exports)
     return steps
 
 
@@ -104,8 +119,15 @@ async def set_up_all(
                 steps.append(AttachVolume(shared.volume_id, shared.device))
                 continue
             device = found
-        volume = Volume(device, shared.mount_point, shared.fs_type, shared.label)
-        steps += await set_up_volume(volume, fstab=settings.fstab, destroy=destroy, dry_run=dry_run)
+        export_to = str(shared.export_to) if shared.export_to else None
+        volume = Volume(device, shared.mount_point, shared.fs_type, shared.label, export_to)
+        steps += await set_up_volume(
+            volume,
+            fstab=settings.fstab,
+            exports=settings.exports,
+            destroy=destroy,
+            dry_run=dry_run,
+        )
     return steps
 
 
