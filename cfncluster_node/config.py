@@ -112,7 +112,7 @@ class SharedVolumeSettings(_Section):
 
 
 class ScratchSettings(_Section):
-    # The instance-store disks; their discovery from instance metadata is to come.
+    # The instance-store disks; empty: found from NVMe models or the instance metadata.
     devices: list[str] = Field(default_factory=list)
     mount_point: str = Field(default="/scratch", pattern=r"^/[A-Za-z0-9/_.-]*$")
     fs_type: Literal["ext4", "xfs"] = "ext4"

@@ -155,7 +155,7 @@ async def metadata_service() -> AsyncIterator[MetadataService]:
 
         app = web.Application()
         app.router.add_put("/latest/api/token", issue_token)
-        app.router.add_get("/latest/meta-data/{key}", answer)
+        app.router.add_get("/latest/meta-data/{key:.+}", answer)
         runner = web.AppRunner(app)
         await runner.setup()
         runners.append(runner)

@@ -9,7 +9,7 @@ from pathlib import Path
 from cfncluster_node import imds, logs
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import StorageSettings
-from cfncluster_node.storage import StorageError, ebs
+from cfncluster_node.storage import StorageError, ebs, instancestore
 from cfncluster_node.storage.apply import apply
 from cfncluster_node.storage.devices import Device, mounts, probe, resolve
 from cfncluster_node.storage.plan import (
@@ -104,8 +104,11 @@ async def set_up_all(
     """
     steps: list[Step] = []
     if settings.scratch is not None:
+        disks = settings.scratch.devices or await instancestore.discover(
+            sys_block=sys_block, dev=dev
+        )
         scratch = Scratch(
-            tuple(settings.scratch.devices),
+            tuple(disks),
             settings.scratch.mount_point,
             settings.scratch.fs_type,
             settings.scratch.raid,
