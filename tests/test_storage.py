@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -129,20 +130,34 @@ def test_a_blank_loop_device_is_set_up_once_and_left_alone_after(
 
 
 def test_files_on_an_existing_volume_survive_any_configuration(
-    loop_device: str, tmp_path: Path
+    attach: Callable[[int], str], tmp_path: Path
 ) -> None:
-    subprocess.run(["mkfs.ext4", "-q", "-F", loop_device], check=True)
+    precious, blank = attach(128), attach(128)
+    subprocess.run(["mkfs.ext4", "-q", "-F", precious], check=True)
     seed = tmp_path / "seed"
     seed.mkdir()
-    subprocess.run(["mount", loop_device, str(seed)], check=True)
+    subprocess.run(["mount", precious, str(seed)], check=True)
     (seed / "results.dat").write_text("three weeks of simulation")
     subprocess.run(["umount", str(seed)], check=True)
 
-    for fs_type in ("xfs", "ext4", "btrfs"):
-        mount_point = tmp_path / f"shared-{fs_type}"
-        set_up(Volume(loop_device, str(mount_point), fs_type=fs_type), fstab=tmp_path / "fstab")
+    def still_there(mount_point: Path) -> None:
         assert (mount_point / "results.dat").read_text() == "three weeks of simulation"
         subprocess.run(["umount", str(mount_point)], check=True)
+
+    for n, (fs_type, label) in enumerate(
+        [("xfs", None), ("ext4", "shared"), ("btrfs", "other"), ("ext4", None)]
+    ):
+        mount_point = tmp_path / f"shared-{n}"
+        volume = Volume(precious, str(mount_point), fs_type=fs_type, label=label)
+        set_up(volume, fstab=tmp_path / "fstab")
+        still_there(mount_point)
+    for backend in ("mdadm", "btrfs"):
+        one = Scratch((precious,), str(tmp_path / f"scratch-{backend}"), backend=backend)
+        asyncio.run(set_up_scratch(one))  # one disk holding a filesystem: used as it is
+        still_there(tmp_path / f"scratch-{backend}")
+        with pytest.raises(StorageError, match=f"{precious}: holds a ext4 filesystem"):
+            asyncio.run(set_up_scratch(Scratch((blank, precious), str(tmp_path), backend=backend)))
+    assert subprocess.run(["blkid", "-p", blank], capture_output=True).returncode == 2
 
 
 def test_a_dry_run_plans_and_changes_nothing(loop_device: str, tmp_path: Path) -> None:
@@ -320,3 +335,44 @@ def test_the_shared_volume_is_exported_to_the_vpc_over_nfs(
     table = Path("/var/lib/nfs/etab").read_text().splitlines()
     [line] = [line for line in table if line.startswith(f"{tmp_path / 'shared'}\t")]
     assert "\t10.0.0.0/16(rw," in line and ",no_root_squash," in line
+
+
+def write_partition_table(device: str) -> None:
+    """One Linux partition in a DOS partition table, as a partitioned snapshot has."""
+    entry = struct.pack("<B3sB3sII", 0, b"\0\0\0", 0x83, b"\0\0\0", 2048, 100_000)
+    with open(device, "r+b") as disk:
+        disk.seek(446)
+        disk.write(entry)
+        disk.seek(510)
+        disk.write(b"\x55\xaa")
+
+
+def test_a_partitioned_volume_mounts_its_first_partition_untouched(
+    attach: Callable[[int], str], tmp_path: Path
+) -> None:
+    # This kernel makes no loop partitions: one loop device is the disk, another its part.
+    disk, part = attach(64), attach(64)
+    write_partition_table(disk)
+    subprocess.run(["mkfs.ext4", "-q", "-F", part], check=True)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    subprocess.run(["mount", part, str(seed)], check=True)
+    (seed / "data").write_text("from the snapshot")
+    subprocess.run(["umount", str(seed)], check=True)
+    sys_block, dev = tmp_path / "sys", tmp_path / "dev"
+    (sys_block / "nvme1n1" / "nvme1n1p1").mkdir(parents=True)
+    (sys_block / "nvme1n1" / "nvme1n1p1" / "partition").write_text("1\n")
+    dev.mkdir()
+    (dev / "nvme1n1").symlink_to(disk)
+    (dev / "nvme1n1p1").symlink_to(part)
+
+    steps = set_up(
+        Volume(str(dev / "nvme1n1"), str(tmp_path / "shared")),
+        fstab=tmp_path / "fstab",
+        sys_block=sys_block,
+    )
+
+    assert not any(isinstance(step, Format) for step in steps)
+    assert (tmp_path / "shared" / "data").read_text() == "from the snapshot"
+    table = subprocess.run(["blkid", "-p", "-o", "export", disk], capture_output=True, text=True)
+    assert "PTTYPE=dos" in table.stdout

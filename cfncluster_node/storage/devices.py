@@ -79,3 +79,12 @@ async def mounts() -> list[Mount]:
 def resolve(path: str) -> str:
     """/dev/disk/by-id/... and /dev/xvdb links to the device node they name."""
     return str(Path(path).resolve())
+
+
+def first_partition(device: str, *, sys_block: Path = Path("/sys/block")) -> str | None:
+    """The device node of a disk's first partition (sdf1, nvme1n1p1), if the kernel has one."""
+    disk = Path(device)
+    for name in (f"{disk.name}1", f"{disk.name}p1"):
+        if (sys_block / disk.name / name / "partition").exists():
+            return str(disk.parent / name)
+    return None

@@ -11,7 +11,7 @@ from cfncluster_node.aws import Aws
 from cfncluster_node.config import StorageSettings
 from cfncluster_node.storage import StorageError, ebs, instancestore
 from cfncluster_node.storage.apply import apply
-from cfncluster_node.storage.devices import Device, mounts, probe, resolve
+from cfncluster_node.storage.devices import Device, first_partition, mounts, probe, resolve
 from cfncluster_node.storage.plan import (
     AttachVolume,
     Scratch,
@@ -31,10 +31,15 @@ async def set_up_volume(
     exports: Path | None = None,
     destroy: bool = False,
     dry_run: bool = False,
+    sys_block: Path = Path("/sys/block"),
 ) -> list[Step]:
     """Make the volume formatted (only if blank), mounted, in fstab and exported; return
-    the plan."""
+    the plan. A partitioned volume (from a snapshot of one) is its first partition."""
     device = await _probe_existing(volume.device)
+    if device.partition_table and not destroy:
+        partition = await asyncio.to_thread(first_partition, volume.device, sys_block=sys_block)
+        if partition is not None:
+            device = await _probe_existing(partition)
     fstab_text = await asyncio.to_thread(_read, fstab)
     exports_text = await asyncio.to_thread(_read, exports) if exports else ""
     steps = plan_volume(
@@ -130,6 +135,7 @@ async def set_up_all(
             exports=settings.exports,
             destroy=destroy,
             dry_run=dry_run,
+            sys_block=sys_block,
         )
     return steps
 
