@@ -66,6 +66,9 @@ async def set_up_scratch(
     scratch: Scratch, *, destroy: bool = False, dry_run: bool = False
 ) -> list[Step]:
     """Instance-store disks as one volume at the mount point; return the plan."""
+    if not scratch.devices:
+        logs.get().info("scratch_skipped", reason="no_instance_store_disks")
+        return []
     devices = [await _probe_existing(path) for path in scratch.devices]
     steps = plan_scratch(scratch, devices, await mounts(), destroy=destroy)
     logs.get().info(
