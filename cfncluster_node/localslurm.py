@@ -172,7 +172,8 @@ class LocalSlurm:
     def sbatch(self, *args: str) -> str:
         """Submit a job as root; returns its id."""
         result = subprocess.run(
-            ["sbatch", "--parsable", *args],
+            # The job's output stays with this controller, not in the caller's directory.
+            ["sbatch", "--parsable", f"--output={self.root}/job-%j.out", *args],
             env=self._env(),
             capture_output=True,
             text=True,
