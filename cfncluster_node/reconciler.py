@@ -54,10 +54,15 @@ class Observation:
     hostnames: Hostnames
 
 
+def live_instances(rows: dict[str, InstanceRecord]) -> set[str]:
+    """The instances the table does not yet hold a tombstone for."""
+    return {i for i, row in rows.items() if row.state is not InstanceState.TERMINATED}
+
+
 async def observe(aws: Aws, registry: Registry, compute_group: str | None) -> Observation:
     rows = {row.instance_id: row for row in await registry.table.scan()}
     members = (await group.describe(aws, compute_group)).members if compute_group else {}
-    live = {i for i, row in rows.items() if row.state is not InstanceState.TERMINATED}
+    live = live_instances(rows)
     described = await ec2.describe_instances(aws, live | set(members))
     instances = {
         i: Instance(i, item["State"]["Name"], item.get("LaunchTime"))

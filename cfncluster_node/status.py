@@ -9,8 +9,7 @@ from datetime import datetime
 
 from rich.table import Table
 
-from cfncluster_node.instances import InstanceState
-from cfncluster_node.reconciler import MISSING, Drift, Observation
+from cfncluster_node.reconciler import MISSING, Drift, Observation, live_instances
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ def fleet_rows(seen: Observation, drift: Drift, now: datetime) -> list[FleetRow]
     marks = {row.instance_id: "instance_gone" for row in drift.gone}
     marks |= {row.instance_id: "host_missing" for row in drift.lost_hosts}
     marks |= dict.fromkeys(drift.never_joined, "never_joined")
-    live = {i for i, row in seen.rows.items() if row.state is not InstanceState.TERMINATED}
+    live = live_instances(seen.rows)
     rows = []
     shown_hosts = set()
     for instance_id in sorted(live | set(seen.group)):

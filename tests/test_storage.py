@@ -129,16 +129,21 @@ def test_a_blank_loop_device_is_set_up_once_and_left_alone_after(
     )
 
 
+def with_file(device: str, tmp_path: Path, name: str, text: str) -> None:
+    """An ext4 filesystem on the device holding one file: data that must survive."""
+    subprocess.run(["mkfs.ext4", "-q", "-F", device], check=True)
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    subprocess.run(["mount", device, str(seed)], check=True)
+    (seed / name).write_text(text)
+    subprocess.run(["umount", str(seed)], check=True)
+
+
 def test_files_on_an_existing_volume_survive_any_configuration(
     attach: Callable[[int], str], tmp_path: Path
 ) -> None:
     precious, blank = attach(128), attach(128)
-    subprocess.run(["mkfs.ext4", "-q", "-F", precious], check=True)
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    subprocess.run(["mount", precious, str(seed)], check=True)
-    (seed / "results.dat").write_text("three weeks of simulation")
-    subprocess.run(["umount", str(seed)], check=True)
+    with_file(precious, tmp_path, "results.dat", "three weeks of simulation")
 
     def still_there(mount_point: Path) -> None:
         assert (mount_point / "results.dat").read_text() == "three weeks of simulation"
@@ -353,12 +358,7 @@ def test_a_partitioned_volume_mounts_its_first_partition_untouched(
     # This kernel makes no loop partitions: one loop device is the disk, another its part.
     disk, part = attach(64), attach(64)
     write_partition_table(disk)
-    subprocess.run(["mkfs.ext4", "-q", "-F", part], check=True)
-    seed = tmp_path / "seed"
-    seed.mkdir()
-    subprocess.run(["mount", part, str(seed)], check=True)
-    (seed / "data").write_text("from the snapshot")
-    subprocess.run(["umount", str(seed)], check=True)
+    with_file(part, tmp_path, "data", "from the snapshot")
     sys_block, dev = tmp_path / "sys", tmp_path / "dev"
     (sys_block / "nvme1n1" / "nvme1n1p1").mkdir(parents=True)
     (sys_block / "nvme1n1" / "nvme1n1p1" / "partition").write_text("1\n")

@@ -138,9 +138,8 @@ def plan_volume(
         if destroy or device.blank:
             steps.append(Format(device.path, volume.fs_type, volume.label))
         elif device.fs_type is None:
-            held = device.partition_table and f"a {device.partition_table} partition table"
             raise StorageError(
-                f"{device.path}: holds {held or device.usage or 'data'} and no filesystem; "
+                f"{device.path}: holds {_contents(device)} and no filesystem; "
                 "refusing to format it. Name one of its partitions, or pass the explicit "
                 "destructive flag to format the whole device"
             )
@@ -228,12 +227,19 @@ def _one_array(devices: list[Device]) -> bool:
     return len(uuids) == 1 and None not in uuids and kinds <= {"btrfs", "linux_raid_member"}
 
 
+def _contents(disk: Device) -> str:
+    """What a non-blank device holds, as an operator reads it."""
+    if disk.partition_table:
+        return f"a {disk.partition_table} partition table"
+    if disk.fs_type:
+        return f"a {disk.fs_type} filesystem"
+    return disk.usage or "data"
+
+
 def _refusal(disk: Device) -> str:
-    held = disk.partition_table and f"a {disk.partition_table} partition table"
-    what = held or (disk.fs_type and f"a {disk.fs_type} filesystem") or disk.usage or "data"
     return (
-        f"{disk.path}: holds {what}; refusing to format it. Pass the explicit destructive "
-        "flag to format it anyway"
+        f"{disk.path}: holds {_contents(disk)}; refusing to format it. "
+        "Pass the explicit destructive flag to format it anyway"
     )
 
 
