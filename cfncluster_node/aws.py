@@ -9,14 +9,21 @@ and the benchmarks reach moto's server through exactly the production code path.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Self
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from cfncluster_node.config import AwsSettings
+
+# Told of every call made through an Aws: (region, service, API operation, parameters).
+# The test suite's least-privilege check listens here (tests/privilege.py).
+Observer = Callable[[str, str, str, dict[str, Any]], None]
+observers: list[Observer] = []
 
 
 class AwsError(Exception):
@@ -72,6 +79,10 @@ class Aws:
     async def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
         """Call ``operation`` (snake_case) and turn any SDK failure into AwsError."""
         client = await self.client(service)
+        if observers:
+            api = client.meta.method_to_api_mapping.get(operation, operation)
+            for observer in observers:
+                observer(self._region, service, api, params)
         try:
             response: dict[str, Any] = await getattr(client, operation)(**params)
         except ClientError as exc:
@@ -82,6 +93,7 @@ class Aws:
                 str(error.get("Code", "Unknown")),
                 str(error.get("Message", exc)),
             ) from exc
-        except BotoCoreError as exc:
+        except (BotoCoreError, ResponseParserError) as exc:
+            # A parser error is a reply that is not the API's (an HTML 500 page).
             raise AwsError(service, operation, type(exc).__name__, str(exc)) from exc
         return response

@@ -9,16 +9,20 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from cfncluster_node import (
     __version__,
     announce,
+    clusterconfig,
     config,
     imds,
+    launcher,
     logs,
     messages,
+    readiness,
     reconciler,
     services,
     status,
@@ -32,6 +36,7 @@ from cfncluster_node.storage.plan import Step
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
     check = with_config("check-config", "validate the configuration and print it")
     check.set_defaults(handler=_check_config)
 
+    _launch_parser(commands)
+
     demo = commands.add_parser(
         "demo", help="run the watcher on a local moto server, a private Slurm and a simulated fleet"
     )
@@ -122,6 +129,102 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _launch_parser(commands: Any) -> None:
+    launch = commands.add_parser(
+        "launch", help="create, watch, update and delete a cluster's stack (operator side)"
+    )
+    actions = launch.add_subparsers(required=True, metavar="ACTION")
+    region_help = "the stack's region (default: $AWS_REGION, else $AWS_DEFAULT_REGION)"
+
+    create = actions.add_parser("create", help="create the stack and wait until it works")
+    create.add_argument("name")
+    create.add_argument("--config", type=Path, required=True, help="the cluster's TOML file")
+    create.add_argument(
+        "--no-rollback", action="store_true", help="keep a failed stack's resources to debug"
+    )
+    create.set_defaults(handler=_launch, action="create")
+
+    update = actions.add_parser("update", help="apply a changed config to the stack")
+    update.add_argument("name")
+    update.add_argument("--config", type=Path, required=True, help="the cluster's TOML file")
+    update.set_defaults(handler=_launch, action="update")
+
+    for action, help_text in (
+        ("status", "the stack's status, outputs and failures"),
+        ("delete", "delete the stack (a stack already gone is success)"),
+    ):
+        sub = actions.add_parser(action, help=help_text)
+        sub.add_argument("name")
+        sub.add_argument("--region", help=region_help)
+        sub.set_defaults(handler=_launch, action=action)
+        if action == "status":
+            sub.add_argument("--watch", action="store_true", help="follow it until it settles")
+
+    every = actions.add_parser("list", help="the clusters this tool created in a region")
+    every.add_argument("--region", help=region_help)
+    every.set_defaults(handler=_launch, action="list")
+
+
+def _launch(args: argparse.Namespace) -> int:
+    # Event lines are long and grepped: never broken at the terminal's width.
+    console = Console(soft_wrap=True)
+    logs.configure("warning", "console", stream=sys.stderr)
+    cluster = clusterconfig.load(args.config) if getattr(args, "config", None) else None
+    region = cluster.cluster.region if cluster else _operator_region(args.region)
+    watching = False
+
+    async def main() -> int:
+        nonlocal watching
+        async with Aws(AwsSettings(), region) as aws:
+            stacks = launcher.Launcher(aws, region, console)
+            view: launcher.StackView | None
+            match args.action:
+                case "list":
+                    console.print(launcher.listing(await stacks.clusters()))
+                    return 0
+                case "create":
+                    assert cluster is not None
+                    watching = True
+                    view = await stacks.create(args.name, cluster, rollback=not args.no_rollback)
+                case "update":
+                    assert cluster is not None
+                    watching = True
+                    view = await stacks.update(args.name, cluster)
+                case "delete":
+                    watching = True
+                    view = await stacks.delete(args.name)
+                    if view is None:
+                        return 0
+                case _:
+                    view = await stacks.describe(launcher.check_name(args.name))
+                    if view is None:
+                        console.print(f"{args.name}: no such stack in {region}")
+                        return EXIT_FAILED
+                    if args.watch and not view.settled:
+                        watching = True
+                        view = await stacks.watch(view.stack_id, seen=set())
+            launcher.report(console, view)
+            return 0 if view.ok or (args.action == "status" and view.settled) else EXIT_FAILED
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        if not watching:
+            raise
+        console.print(
+            f"\nstopped watching; the stack goes on as it was. Resume with: "
+            f"cfncluster-node launch status {args.name} --region {region} --watch"
+        )
+        return EXIT_INTERRUPTED
+
+
+def _operator_region(explicit: str | None) -> str:
+    region = explicit or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise ConfigError("launch: no region; pass --region or set AWS_REGION")
+    return region
+
+
 def _configured(args: argparse.Namespace) -> Config:
     settings = config.load(args.config)
     logs.configure(settings.logging.level, settings.logging.format)
@@ -129,18 +232,13 @@ def _configured(args: argparse.Namespace) -> Config:
 
 
 def _serve(
-    settings: Config, names: Sequence[ServiceName], *, burst: bool, storage: bool = False
+    settings: Config, names: Sequence[ServiceName], *, burst: bool, head_node: bool = False
 ) -> int:
     async def main(stop: asyncio.Event) -> None:
         async with Aws(settings.aws, settings.cluster.region) as aws:
-            if storage:
-                # Storage first: the services never start on a half-set-up node.
-                try:
-                    await setup.set_up_all(settings.storage, aws=aws)
-                except StorageError as exc:
-                    logs.get().error("storage_failed", error=str(exc))
-                    raise
             registry = services.build_registry(settings, aws)
+            if head_node:
+                await readiness.bring_up(settings, aws, registry)
             running = [services.build(name, settings, aws, registry, burst=burst) for name in names]
             await supervisor.supervise(running, stop, settings.supervisor)
 
@@ -150,7 +248,7 @@ def _serve(
 
 def _run(args: argparse.Namespace) -> int:
     settings = _configured(args)
-    return _serve(settings, settings.supervisor.services, burst=False, storage=True)
+    return _serve(settings, settings.supervisor.services, burst=False, head_node=True)
 
 
 def _one_service(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import os
 import tomllib
 from ipaddress import IPv4Network
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
@@ -19,33 +19,38 @@ DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
 ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
 
 ServiceName = Literal["sqswatcher", "publisher", "reconciler", "scalein"]
+SchedulerName = Literal["slurm"]
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file, the key and the fix."""
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class ClusterSettings(_Section):
+class ClusterSettings(Section):
     stack_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
-    scheduler: Literal["slurm"] = "slurm"
+    scheduler: SchedulerName = "slurm"
     # Job slots of a compute node whose join message does not say (old compute AMIs), and
     # of the nodes the publisher asks for while none is registered.
     default_slots: StrictInt = Field(default=1, ge=1, le=100_000)
     # The compute group's maximum size: a job that needs more nodes can never run.
+    # Default: the group's own MaxSize, read each time.
     max_size: StrictInt | None = Field(default=None, ge=0)
     # The DynamoDB instance table, and how long a terminated instance's row stays.
     table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
     tombstone_days: StrictFloat = Field(default=7.0, gt=0)
     # The compute Auto Scaling group, for the reconciler's "never joined" check.
     compute_group: str | None = Field(default=None, min_length=1, max_length=255)
+    # This head node's logical id in the stack: CloudFormation waits for its signal
+    # (SignalResource) that storage and services are up, or that they failed and why.
+    signal_resource: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]+$")
 
 
-class AwsSettings(_Section):
+class AwsSettings(Section):
     retry_mode: Literal["standard", "adaptive"] = "adaptive"
     max_attempts: StrictInt = Field(default=8, ge=1, le=50)
     connect_timeout: StrictFloat = Field(default=5.0, gt=0)
@@ -54,7 +59,7 @@ class AwsSettings(_Section):
     proxy: str | None = Field(default=None, pattern=r"^(NONE|https?://\S+)$")
 
 
-class SqsWatcherSettings(_Section):
+class SqsWatcherSettings(Section):
     queue: str = Field(min_length=1, description="queue name or URL")
     receivers: StrictInt = Field(default=4, ge=1, le=32)
     max_batch: StrictInt = Field(default=1000, ge=1, le=10_000)
@@ -62,13 +67,13 @@ class SqsWatcherSettings(_Section):
     retry_backoff_max: StrictInt = Field(default=300, ge=1, le=43_200)
 
 
-class PublisherSettings(_Section):
+class PublisherSettings(Section):
     interval: StrictFloat = Field(default=60.0, gt=0)
     # For stacks without alarms: raise the group's desired capacity to the demand directly.
     direct: bool = False
 
 
-class ReconcilerSettings(_Section):
+class ReconcilerSettings(Section):
     interval: StrictFloat = Field(default=300.0, gt=0)
     # A running instance that has not joined after this many seconds is reported.
     join_timeout: StrictFloat = Field(default=900.0, ge=0)
@@ -76,7 +81,7 @@ class ReconcilerSettings(_Section):
     replace_unjoined: bool = False
 
 
-class ScaleInSettings(_Section):
+class ScaleInSettings(Section):
     interval: StrictFloat = Field(default=60.0, gt=0)
     # The lineage's scaledown_idletime: minutes a node stays idle before it goes.
     idle_minutes: StrictFloat = Field(default=10.0, ge=0)
@@ -84,7 +89,7 @@ class ScaleInSettings(_Section):
     grace_seconds: StrictFloat = Field(default=30.0, ge=0)
 
 
-class SlurmSettings(_Section):
+class SlurmSettings(Section):
     # Dynamic compute nodes carry this feature; slurm.conf maps it to partitions with a
     # Nodeset (``Nodeset=compute Feature=compute``).
     feature: str = Field(default="compute", pattern=r"^[A-Za-z0-9_-]+$")
@@ -93,14 +98,14 @@ class SlurmSettings(_Section):
     command_timeout: StrictFloat = Field(default=30.0, gt=0)
 
 
-class SupervisorSettings(_Section):
+class SupervisorSettings(Section):
     services: list[ServiceName] = Field(default=["sqswatcher"], min_length=1)
     stop_timeout: StrictFloat = Field(default=30.0, gt=0)
     restart_backoff_initial: StrictFloat = Field(default=1.0, gt=0)
     restart_backoff_max: StrictFloat = Field(default=60.0, gt=0)
 
 
-class SharedVolumeSettings(_Section):
+class SharedVolumeSettings(Section):
     # With volume_id, the name the volume is attached under (e.g. /dev/sdf).
     device: str = Field(pattern=r"^/dev/[A-Za-z0-9/_.-]+$")
     volume_id: str | None = Field(default=None, pattern=r"^vol-[0-9a-f]{8,17}$")
@@ -111,7 +116,7 @@ class SharedVolumeSettings(_Section):
     export_to: IPv4Network | None = None
 
 
-class ScratchSettings(_Section):
+class ScratchSettings(Section):
     # The instance-store disks; empty: found from NVMe models or the instance metadata.
     devices: list[str] = Field(default_factory=list)
     mount_point: str = Field(default="/scratch", pattern=r"^/[A-Za-z0-9/_.-]*$")
@@ -119,19 +124,19 @@ class ScratchSettings(_Section):
     raid: Literal["mdadm", "btrfs"] = "mdadm"
 
 
-class StorageSettings(_Section):
+class StorageSettings(Section):
     fstab: Path = Path("/etc/fstab")
     exports: Path = Path("/etc/exports.d/cfncluster.exports")
     scratch: ScratchSettings | None = None
     shared: list[SharedVolumeSettings] = Field(default_factory=list)
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
 
 
-class Config(_Section):
+class Config(Section):
     cluster: ClusterSettings
     sqswatcher: SqsWatcherSettings
     aws: AwsSettings = AwsSettings()
@@ -153,35 +158,46 @@ def resolve_path(explicit: Path | None) -> Path:
 
 def load(explicit: Path | None = None) -> Config:
     path = resolve_path(explicit)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; pass --config PATH or set {ENV_VAR}") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse(text, source=str(path))
+    return parse(read(path, f"pass --config PATH or set {ENV_VAR}"), source=str(path))
 
 
-def parse(text: str, *, source: str) -> Config:
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def parse(text: str, *, source: str, model: type[Model] = Config) -> Model:  # type: ignore[assignment]
+    """Validate a TOML document as ``model``; any error names the file, the key and the fix."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("\n".join(_explain(source, exc))) from None
+        raise ConfigError("\n".join(_explain(source, exc, model))) from None
 
 
-def _explain(source: str, exc: ValidationError) -> list[str]:
+def read(path: Path, hint: str = "pass --config PATH") -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; {hint}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def _explain(source: str, exc: ValidationError, model: type[BaseModel]) -> list[str]:
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"])
         kind = error["type"]
         if kind == "missing":
             lines.append(f"{source}: key '{key}' is required but missing")
+        elif kind == "value_error":
+            # A rule across keys: its message is already the explanation.
+            reason = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {f'key {key!r}: ' if key else ''}{reason}")
         elif kind == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'{_did_you_mean(error['loc'])}")
+            lines.append(f"{source}: unknown key '{key}'{_did_you_mean(model, error['loc'])}")
         else:
             found = error.get("input")
             lines.append(f"{source}: key '{key}': expected {_expected(error)}, found {found!r}")
@@ -191,15 +207,17 @@ def _explain(source: str, exc: ValidationError) -> list[str]:
 def _expected(error: Any) -> str:
     message: str = error["msg"]
     # pydantic says "Input should be ..."; an operator wants "expected ...".
-    for prefix in ("Input should be ", "String should "):
+    for prefix, expected in (
+        ("Input should be ", "{}"),
+        ("Input is not ", "{}"),
+        ("String should ", "a string that should {}"),
+    ):
         if message.startswith(prefix):
-            rest = message.removeprefix(prefix)
-            return rest if prefix == "Input should be " else f"a string that should {rest}"
+            return expected.format(message.removeprefix(prefix))
     return message[0].lower() + message[1:]
 
 
-def _did_you_mean(loc: tuple[Any, ...]) -> str:
-    model: type[BaseModel] = Config
+def _did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None

@@ -26,6 +26,15 @@ class Group:
     members: dict[str, Member] = field(default_factory=dict)
 
 
+def node_limit(configured: int | None, members: Group | None) -> int | None:
+    """The most nodes a job can get: the configured size, else the group's own maximum
+    (read each time, so a resized stack needs no head-node change). A group that is
+    missing or cannot grow sets no limit: its jobs are still counted as demand."""
+    if configured is not None:
+        return configured
+    return members.max_size if members is not None and members.max_size > 0 else None
+
+
 async def describe(aws: Aws, name: str) -> Group:
     response = await aws.call(
         "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[name]

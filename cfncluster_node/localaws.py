@@ -55,11 +55,14 @@ class MotoServer:
         return {"AWS_ENDPOINT_URL": self.url, **CREDENTIALS}
 
     def start(self) -> None:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", self.module, "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # MOTO_SERVER_LOG=path keeps the server's log, with the tracebacks behind its 500s.
+        log = os.environ.get("MOTO_SERVER_LOG")
+        with open(log or os.devnull, "ab") as sink:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", self.module, "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=sink,
+                stderr=sink,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):

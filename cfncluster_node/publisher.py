@@ -25,6 +25,8 @@ from cfncluster_node.config import ClusterSettings, ConfigError, PublisherSettin
 from cfncluster_node.schedulers import Holdup, HostStatus, PendingJob, Scheduler, SchedulerError
 
 NAMESPACE = "cfncluster"
+# The metric the stack's scale-up alarms watch (PROTOCOL.md section 3).
+PENDING_METRIC = "pending"
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def metric_data(
     stack: str, wanted: Demand, running_jobs: int, nodes: Fleet, now: datetime
 ) -> list[dict[str, Any]]:
     values = {
-        "pending": wanted.nodes,
+        PENDING_METRIC: wanted.nodes,
         "pending_jobs": wanted.jobs,
         "running_jobs": running_jobs,
         "registered_nodes": nodes.registered,
@@ -142,10 +144,11 @@ class Publisher:
         except SchedulerError as exc:
             self._log.warning("metrics_gap", reason="scheduler_unavailable", error=str(exc))
             return None
+        members = await self._group()
         wanted = demand(
             jobs.pending,
             slots_per_node=slots_per_node(hosts, self._cluster.default_slots),
-            max_nodes=self._cluster.max_size,
+            max_nodes=group.node_limit(self._cluster.max_size, members),
         )
         nodes = fleet(hosts)
         data = metric_data(self._cluster.stack_name, wanted, jobs.running, nodes, datetime.now(UTC))
@@ -156,8 +159,8 @@ class Publisher:
         except AwsError as exc:
             self._log.error("metrics_publish_failed", error=str(exc))
             return None
-        if self._settings.direct and self._cluster.compute_group is not None:
-            await self._scale_out(self._cluster.compute_group, wanted, nodes)
+        if self._settings.direct and members is not None:
+            await self._scale_out(members, wanted, nodes)
         self._log.info(
             "metrics_published",
             pending_nodes=wanted.nodes,
@@ -170,19 +173,30 @@ class Publisher:
         )
         return wanted
 
-    async def _scale_out(self, name: str, wanted: Demand, nodes: Fleet) -> None:
+    async def _group(self) -> group.Group | None:
+        if self._cluster.compute_group is None:
+            return None
         try:
-            members = await group.describe(self._aws, name)
-            target = desired_capacity(members.desired, members.max_size, nodes.busy, wanted.nodes)
-            if target > members.desired:
-                await group.set_desired(self._aws, name, target)
-                self._log.info(
-                    "capacity_raised",
-                    group=name,
-                    desired=target,
-                    previous=members.desired,
-                    pending_nodes=wanted.nodes,
-                    busy_nodes=nodes.busy,
-                )
+            return await group.describe(self._aws, self._cluster.compute_group)
+        except AwsError as exc:
+            self._log.warning("group_unavailable", error=str(exc))
+            return None
+
+    async def _scale_out(self, members: group.Group, wanted: Demand, nodes: Fleet) -> None:
+        name = self._cluster.compute_group
+        target = desired_capacity(members.desired, members.max_size, nodes.busy, wanted.nodes)
+        if target <= members.desired:
+            return
+        try:
+            await group.set_desired(self._aws, str(name), target)
         except AwsError as exc:
             self._log.error("capacity_change_failed", group=name, error=str(exc))
+            return
+        self._log.info(
+            "capacity_raised",
+            group=name,
+            desired=target,
+            previous=members.desired,
+            pending_nodes=wanted.nodes,
+            busy_nodes=nodes.busy,
+        )

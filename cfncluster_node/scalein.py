@@ -136,7 +136,7 @@ class ScaleIn:
         wanted = demand(
             jobs.pending,
             slots_per_node=slots_per_node(listed, self._cluster.default_slots),
-            max_nodes=self._cluster.max_size,
+            max_nodes=group.node_limit(self._cluster.max_size, members),
         )
         chosen = candidates(
             members,

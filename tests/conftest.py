@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from cfncluster_node import aws as aws_module
 from cfncluster_node import group, logs
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import AwsSettings
@@ -36,12 +37,39 @@ from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import EventKind, InstanceEvent
 from cfncluster_node.registry import Registry
 from cfncluster_node.schedulers.slurm import Slurm
+from tests import privilege
+from tests.clusters import CLUSTER_CONFIG
 
 REGION = "us-east-1"
 
 
 def pytest_configure() -> None:
     logs.configure("debug", "json")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The check over the whole session's AWS calls runs after every test that makes them.
+    last = [item for item in items if item.get_closest_marker("after_all")]
+    items[:] = [item for item in items if item not in last] + last
+
+
+#: Every AWS call the code made during this session (tests/privilege.py).
+SESSION_CALLS: list[privilege.Call] = []
+POLICIES = privilege.Policies.of(CLUSTER_CONFIG, REGION)
+
+
+@pytest.fixture(autouse=True)
+def least_privilege() -> Iterator[None]:
+    """Fails the test whose code makes an AWS call its role's policy does not allow."""
+    recorder = privilege.Recorder()
+    aws_module.observers.append(recorder)
+    try:
+        yield
+    finally:
+        aws_module.observers.remove(recorder)
+    SESSION_CALLS.extend(recorder.calls)
+    denied = sorted({str(call) for call in recorder.calls if not POLICIES.allows(call)})
+    assert not denied, "calls the stack's IAM policies do not allow:\n" + "\n".join(denied)
 
 
 @pytest.fixture(scope="session")
@@ -88,6 +116,8 @@ async def cluster(aws: Aws) -> ClusterResources:
 
 
 NODE = "ip-10-5-0-1"
+# Named as the stack names it: the IAM policies allow the head node `STACK-compute` only.
+GROUP = "test-compute"
 CPUS = os.cpu_count() or 1
 
 
@@ -96,8 +126,8 @@ async def compute_node(
     aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
 ) -> AsyncIterator[str]:
     """One group instance, joined, with a real slurmd: the node jobs really run on."""
-    await create_compute_group(aws, "compute", desired=1, max_size=2)
-    [instance] = (await group.describe(aws, "compute")).members
+    await create_compute_group(aws, GROUP, desired=1, max_size=2)
+    [instance] = (await group.describe(aws, GROUP)).members
     registry = Registry(
         InstanceTable(aws, cluster.table),
         Slurm(slurm.settings),

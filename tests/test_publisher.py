@@ -27,7 +27,7 @@ from cfncluster_node.publisher import (
 )
 from cfncluster_node.schedulers import Holdup, Host, HostStatus, PendingJob
 from cfncluster_node.schedulers.slurm import Slurm
-from tests.conftest import NODE, wait_running
+from tests.conftest import GROUP, NODE, wait_running
 from tests.test_sqswatcher import unreachable_slurm
 
 
@@ -201,16 +201,14 @@ def test_direct_mode_target_is_never_below_current_nor_above_max_unless_current_
 
 
 async def test_direct_mode_sets_the_groups_desired_capacity(aws: Aws, slurm: LocalSlurm) -> None:
-    await create_compute_group(aws, "compute", desired=1, max_size=4)
+    await create_compute_group(aws, GROUP, desired=1, max_size=4)
     await Slurm(slurm.settings).add_hosts([Host("ip-10-4-1-1", 4, "127.4.1.1")])
     slurm.sbatch("-N", "3", "--wrap", "true")
     slurm.sbatch("-n", "8", "--wrap", "true")  # 2 nodes of 4 slots
     direct = Publisher(
         aws,
         PublisherSettings(direct=True),
-        ClusterSettings(
-            stack_name="test", region="us-east-1", table="unused", compute_group="compute"
-        ),
+        ClusterSettings(stack_name="test", region="us-east-1", table="unused", compute_group=GROUP),
         Slurm(slurm.settings),
         burst=True,
     )
@@ -218,7 +216,7 @@ async def test_direct_mode_sets_the_groups_desired_capacity(aws: Aws, slurm: Loc
     with structlog.testing.capture_logs() as records:
         await direct.tick()
 
-    assert (await describe_group(aws, "compute")).desired == 4  # 0 busy + 5 needed, max 4
+    assert (await describe_group(aws, GROUP)).desired == 4  # 0 busy + 5 needed, max 4
     [raised] = [r for r in records if r["event"] == "capacity_raised"]
     assert (raised["previous"], raised["desired"], raised["pending_nodes"]) == (1, 4, 5)
 

@@ -25,6 +25,7 @@ from cfncluster_node.reconciler import (
 )
 from cfncluster_node.schedulers import Host, HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
+from tests.conftest import GROUP
 from tests.test_sqswatcher import drain, registry_for, rows, slurm_hosts
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -141,7 +142,7 @@ def reconciler(
         aws,
         ReconcilerSettings(**settings),
         ClusterSettings(
-            stack_name="test", region="us-east-1", table=cluster.table, compute_group="compute"
+            stack_name="test", region="us-east-1", table=cluster.table, compute_group=GROUP
         ),
         registry_for(aws, cluster, slurm.settings),
         burst=True,
@@ -190,7 +191,7 @@ async def test_lost_messages_and_a_tampered_scheduler_are_healed_in_one_pass(
 async def test_an_instance_that_never_joined_is_replaced_when_configured(
     aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
 ) -> None:
-    await create_compute_group(aws, "compute", desired=1, max_size=2)
+    await create_compute_group(aws, GROUP, desired=1, max_size=2)
     [stuck] = await group_instances(aws)
 
     with structlog.testing.capture_logs() as records:
@@ -208,6 +209,6 @@ async def test_an_instance_that_never_joined_is_replaced_when_configured(
 
 async def group_instances(aws: Aws) -> list[str]:
     response = await aws.call(
-        "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=["compute"]
+        "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[GROUP]
     )
     return [i["InstanceId"] for g in response["AutoScalingGroups"] for i in g["Instances"]]

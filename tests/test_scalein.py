@@ -19,7 +19,7 @@ from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.scalein import Candidate, Protection, ScaleIn, candidates, protection
 from cfncluster_node.schedulers import HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
-from tests.conftest import NODE, wait_running
+from tests.conftest import GROUP, NODE, wait_running
 from tests.test_sqswatcher import registry_for, rows, slurm_hosts
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -95,7 +95,7 @@ def scale_in(aws: Aws, cluster: ClusterResources, scheduler: SlurmSettings | Slu
         aws,
         ScaleInSettings(idle_minutes=0, grace_seconds=0.5),
         ClusterSettings(
-            stack_name="test", region="us-east-1", table=cluster.table, compute_group="compute"
+            stack_name="test", region="us-east-1", table=cluster.table, compute_group=GROUP
         ),
         registry_for(aws, cluster, scheduler),
         burst=True,
@@ -114,7 +114,7 @@ async def test_a_busy_node_is_protected_and_kept_then_scaled_in_once_idle(
     wait_running(slurm, job)
 
     assert await scale_in(aws, cluster, slurm.settings).tick(asyncio.Event()) == []
-    members = await describe_group(aws, "compute")
+    members = await describe_group(aws, GROUP)
     assert members.members[compute_node].protected
     assert members.desired == 1
 
@@ -128,7 +128,7 @@ async def test_a_busy_node_is_protected_and_kept_then_scaled_in_once_idle(
         retired = await scale_in(aws, cluster, slurm.settings).tick(asyncio.Event())
 
     assert retired == [Candidate(compute_node, NODE)]
-    members = await describe_group(aws, "compute")
+    members = await describe_group(aws, GROUP)
     assert (members.desired, list(members.members)) == (0, [])
     assert await slurm_hosts(slurm) == {}
     assert (await rows(aws, cluster))[compute_node].state is InstanceState.TERMINATED
@@ -156,7 +156,7 @@ async def test_a_job_that_lands_between_drain_and_terminate_keeps_its_node(
         retired = await scale_in(aws, cluster, JobLandsBeforeTheDrain(slurm)).tick(asyncio.Event())
 
     assert retired == []
-    members = await describe_group(aws, "compute")
+    members = await describe_group(aws, GROUP)
     assert (members.desired, list(members.members)) == (1, [compute_node])
     [listed] = await Slurm(slurm.settings).list_hosts()
     assert listed.busy and "drain" not in listed.state

@@ -217,7 +217,8 @@ def test_run_stops_before_any_service_when_storage_fails(tmp_path: Path) -> None
 
     assert result.returncode == 1
     assert "/dev/xvdz-missing: no such device; check that the volume is attached" in result.stderr
-    assert '"event": "storage_failed"' in result.stdout
+    assert '"event": "head_node_failed"' in result.stdout
+    assert '"reason": "storage: /dev/xvdz-missing' in result.stdout
     assert "sqswatcher_started" not in result.stdout
 
 

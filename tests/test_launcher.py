@@ -1,0 +1,288 @@
+"""The launcher against moto's CloudFormation, and the daemons on the stack it makes.
+
+moto creates the queues, topic (with its subscription), table, roles, launch template,
+group, volume and head node; our motoserver adds creation policies and SignalResource,
+so ``launch create`` really waits for the head node's signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from cfncluster_node import config, imds, launcher, readiness, services, template
+from cfncluster_node.aws import Aws
+from cfncluster_node.clusterconfig import ClusterConfig
+from cfncluster_node.config import Config, StorageSettings
+from cfncluster_node.localaws import MotoServer, publish_autoscaling, queue_depth, send_messages
+from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.messages import READY_EVENT, compute_notice
+from cfncluster_node.storage import StorageError, ebs
+from tests.clusters import on_moto
+from tests.conftest import REGION, MetadataService
+
+
+def console() -> Console:
+    return Console(file=io.StringIO(), width=200)
+
+
+def printed(out: Console) -> str:
+    assert isinstance(out.file, io.StringIO)
+    return out.file.getvalue()
+
+
+async def stack_status(aws: Aws, name: str) -> str | None:
+    found = await launcher.Launcher(aws, REGION, console()).describe(name)
+    return found.status if found else None
+
+
+async def until_status(aws: Aws, name: str, wanted: str) -> None:
+    for _ in range(600):
+        if await stack_status(aws, name) == wanted:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{name} never reached {wanted}")
+
+
+async def head_node_config(aws: Aws, name: str) -> Config:
+    """The node.toml the head node writes from its user data, as CloudFormation filled it."""
+    resource = await aws.call(
+        "cloudformation",
+        "describe_stack_resource",
+        StackName=name,
+        LogicalResourceId=template.HEAD_NODE,
+    )
+    instance_id = resource["StackResourceDetail"]["PhysicalResourceId"]
+    user_data = await aws.call(
+        "ec2", "describe_instance_attribute", InstanceId=instance_id, Attribute="userData"
+    )
+    script = base64.b64decode(user_data["UserData"]["Value"]).decode()
+    toml = script.split("<<'NODE_TOML'\n", 1)[1].split("\nNODE_TOML\n", 1)[0]
+    return config.parse(toml, source="user data")
+
+
+async def head_node_comes_up(
+    aws: Aws, name: str, slurm: LocalSlurm, metadata_service: MetadataService, **storage: object
+) -> Config:
+    """Play the head node: its config from the stack, then storage, scheduler and signal.
+
+    The private Slurm stands in for the head node's, and storage is left out unless given:
+    this machine has no EBS devices (tests/test_ebs.py attaches the volume)."""
+    await until_status(aws, name, "CREATE_IN_PROGRESS")
+    settings = (await head_node_config(aws, name)).model_copy(
+        update={"slurm": slurm.settings, "storage": StorageSettings.model_validate(storage)}
+    )
+    head = await aws.call(
+        "cloudformation",
+        "describe_stack_resource",
+        StackName=name,
+        LogicalResourceId=template.HEAD_NODE,
+    )
+    os.environ[imds.IMDS_ENV] = await metadata_service(
+        {"instance-id": head["StackResourceDetail"]["PhysicalResourceId"]}
+    )
+    await readiness.bring_up(settings, aws, services.build_registry(settings, aws))
+    return settings
+
+
+async def test_create_waits_for_the_head_node_and_the_daemons_use_every_resource(
+    aws: Aws, slurm: LocalSlurm, metadata_service: MetadataService
+) -> None:
+    cluster = await on_moto(aws)
+    out = console()
+    stacks = launcher.Launcher(aws, REGION, out, poll_s=0.05)
+    creating = asyncio.create_task(stacks.create("c1", cluster))
+    settings = await head_node_comes_up(aws, "c1", slurm, metadata_service)
+    created = await creating
+
+    assert created.ok, printed(out)
+    assert "Received SUCCESS signal with UniqueId i-" in printed(out)
+    outputs = created.outputs
+    assert outputs["QueueUrl"] == settings.sqswatcher.queue
+    assert outputs["InstanceTable"] == settings.cluster.table
+    assert outputs["ComputeGroup"] == settings.cluster.compute_group == "c1-compute"
+    assert {"HeadNodeInstanceId", "HeadNodePrivateIp", "HeadNodePublicIp"} <= set(outputs)
+
+    # The group launches; Auto Scaling's notification reaches the queue through the topic.
+    await aws.call(
+        "autoscaling", "set_desired_capacity", AutoScalingGroupName="c1-compute", DesiredCapacity=1
+    )
+    [member] = (
+        await aws.call(
+            "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=["c1-compute"]
+        )
+    )["AutoScalingGroups"][0]["Instances"]
+    now = datetime.now(UTC)
+    await publish_autoscaling(
+        aws, outputs["TopicArn"], "autoscaling:EC2_INSTANCE_LAUNCH", member["InstanceId"], when=now
+    )
+    join = compute_notice(
+        READY_EVENT, member["InstanceId"], now, hostname="ip-10-9-0-1", address="127.9.0.1", slots=2
+    )
+    await send_messages(aws, outputs["QueueUrl"], [join, "{not json"])
+
+    registry = services.build_registry(settings, aws)
+    for name in settings.supervisor.services:
+        await services.build(name, settings, aws, registry, burst=True).run(asyncio.Event())
+
+    assert [h.hostname for h in await registry.scheduler.list_hosts()] == ["ip-10-9-0-1"]
+    [row] = await registry.table.scan()
+    assert (row.instance_id, row.hostname) == (member["InstanceId"], "ip-10-9-0-1")
+    assert await queue_depth(aws, outputs["DeadLetterQueueUrl"]) == 1
+    metric = await aws.call(
+        "cloudwatch",
+        "list_metrics",
+        Namespace="cfncluster",
+        MetricName="pending",
+        Dimensions=[{"Name": "Stack", "Value": "c1"}],
+    )
+    assert metric["Metrics"], "the publisher feeds the metric the alarms watch"
+    await ebs.attach(aws, outputs["SharedVolume"], outputs["HeadNodeInstanceId"], "/dev/sdf")
+    [volume] = (await aws.call("ec2", "describe_volumes", VolumeIds=[outputs["SharedVolume"]]))[
+        "Volumes"
+    ]
+    assert volume["Attachments"][0]["InstanceId"] == outputs["HeadNodeInstanceId"]
+
+    deleted = await stacks.delete("c1")
+    assert deleted is not None and deleted.status == "DELETE_COMPLETE"
+    # The users' data outlives the cluster unless the config says otherwise.
+    assert await aws.call("ec2", "describe_volumes", VolumeIds=[outputs["SharedVolume"]])
+    assert await stacks.delete("c1") is None
+    assert "no such stack, nothing to delete" in printed(out)
+
+
+@pytest.mark.parametrize(
+    ("rollback", "final"), [(True, "ROLLBACK_COMPLETE"), (False, "CREATE_FAILED")]
+)
+async def test_a_head_node_whose_setup_fails_fails_the_stack_with_the_reason(
+    aws: Aws,
+    slurm: LocalSlurm,
+    metadata_service: MetadataService,
+    rollback: bool,
+    final: str,
+) -> None:
+    cluster = await on_moto(aws)
+    out = console()
+    stacks = launcher.Launcher(aws, REGION, out, poll_s=0.05)
+    creating = asyncio.create_task(stacks.create("c2", cluster, rollback=rollback))
+    missing = [{"device": "/dev/xvdz-missing", "mount_point": "/shared"}]
+    with pytest.raises(StorageError):
+        await head_node_comes_up(aws, "c2", slurm, metadata_service, shared=missing)
+    failed = await creating
+
+    assert failed.status == final
+    [failure] = failed.failures
+    assert failure.logical_id == template.HEAD_NODE
+    assert failure.reason.startswith("Received FAILURE signal with UniqueId i-")
+    assert "storage: /dev/xvdz-missing: no such device" in failure.reason
+    launcher.report(out, failed)
+    assert f"failed: {template.HEAD_NODE} (AWS::EC2::Instance): Received FAILURE" in printed(out)
+
+
+async def test_list_shows_the_clusters_and_update_applies_a_changed_config(
+    aws: Aws, slurm: LocalSlurm, metadata_service: MetadataService
+) -> None:
+    cluster = await on_moto(aws)
+    out = console()
+    stacks = launcher.Launcher(aws, REGION, out, poll_s=0.05)
+    creating = asyncio.create_task(stacks.create("c3", cluster))
+    await head_node_comes_up(aws, "c3", slurm, metadata_service)
+    await creating
+    other = {"Resources": {"Queue": {"Type": "AWS::SQS::Queue"}}}
+    await aws.call(
+        "cloudformation", "create_stack", StackName="not-a-cluster", TemplateBody=json.dumps(other)
+    )
+
+    assert [view.name for view in await stacks.clusters()] == ["c3"]
+
+    bigger = ClusterConfig.model_validate(
+        cluster.model_dump() | {"compute": cluster.compute.model_dump() | {"max_size": 20}}
+    )
+    updated = await stacks.update("c3", bigger)
+    assert updated.status == "UPDATE_COMPLETE"
+    assert "stops and starts the head node" not in printed(out)
+    described = await aws.call(
+        "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=["c3-compute"]
+    )
+    assert described["AutoScalingGroups"][0]["MaxSize"] == 20
+
+
+def launch(moto: MotoServer, *args: str, **popen: object) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cfncluster_node", "launch", *args],
+        env={**os.environ, **moto.env, "AWS_REGION": REGION},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **popen,  # type: ignore[call-overload]
+    )
+
+
+async def test_ctrl_c_while_waiting_leaves_the_stack_and_says_how_to_resume(
+    aws: Aws, moto: MotoServer, tmp_path: Path
+) -> None:
+    cluster = await on_moto(aws)
+    path = tmp_path / "cluster.toml"
+    path.write_text(toml_of(cluster))
+    creating = launch(moto, "create", "c4", "--config", str(path))
+    await until_status(aws, "c4", "CREATE_IN_PROGRESS")
+    creating.send_signal(signal.SIGINT)
+    output, _ = creating.communicate(timeout=30)
+
+    assert creating.returncode == 130, output
+    assert "Resume with: cfncluster-node launch status c4 --region us-east-1 --watch" in output
+    assert await stack_status(aws, "c4") == "CREATE_IN_PROGRESS"
+
+    status = launch(moto, "status", "c4")
+    assert "c4: CREATE_IN_PROGRESS" in status.communicate(timeout=30)[0]
+    deleted = launch(moto, "delete", "c4")
+    assert "DELETE_COMPLETE" in deleted.communicate(timeout=30)[0]
+    assert deleted.returncode == 0
+    again = launch(moto, "delete", "c4")
+    assert "no such stack" in again.communicate(timeout=30)[0]
+    assert again.returncode == 0
+
+
+async def test_a_bad_cluster_config_is_refused_before_any_call(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text('[cluster]\nregion = "us-east-1"\n')
+    refused = launch(moto, "create", "c5", "--config", str(path))
+    output, _ = refused.communicate(timeout=30)
+    assert refused.returncode == 2
+    assert f"{path}: key 'network' is required but missing" in output
+    bad_name = launch(moto, "status", "5-clusters")
+    assert "cluster name '5-clusters': expected a letter" in bad_name.communicate(timeout=30)[0]
+
+
+def toml_of(cluster: ClusterConfig) -> str:
+    """The config as an operator would write it."""
+    lines = []
+    for section, values in json.loads(cluster.model_dump_json(exclude_none=True)).items():
+        if isinstance(values, list):
+            continue
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_update_that_changes_the_head_node_is_told_before_it_happens() -> None:
+    from tests.clusters import cluster_config
+
+    deployed = template.to_json(template.render(cluster_config()))
+    resized = template.render(cluster_config(compute={"max_size": 50}))
+    slower = template.render(cluster_config(scaling={"idle_minutes": 30}))
+    assert not launcher.interrupts_head_node(deployed, resized)
+    assert launcher.interrupts_head_node(deployed, slower)

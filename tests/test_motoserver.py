@@ -1,0 +1,189 @@
+"""motoserver's CloudFormation creation policies, through the real wire protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import pytest
+
+from cfncluster_node.aws import Aws, AwsError
+
+STACK = "cluster"
+
+
+def queue(name: str, resource_signal: dict[str, Any] | None) -> dict[str, Any]:
+    """A queue resource, with a creation policy of ``resource_signal`` unless None."""
+    resource: dict[str, Any] = {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": name}}
+    if resource_signal is not None:
+        resource["CreationPolicy"] = {"ResourceSignal": resource_signal}
+    return resource
+
+
+def template(resource_signal: dict[str, Any] | None, **more: dict[str, Any]) -> str:
+    """Head, a queue with a creation policy of ``resource_signal`` unless None, and ``more``."""
+    return json.dumps({"Resources": {"Head": queue("head", resource_signal), **more}})
+
+
+async def create(aws: Aws, body: str, **params: Any) -> str:
+    created = await aws.call(
+        "cloudformation", "create_stack", StackName=STACK, TemplateBody=body, **params
+    )
+    stack_id: str = created["StackId"]
+    return stack_id
+
+
+async def status(aws: Aws, stack: str = STACK) -> str:
+    [described] = (await aws.call("cloudformation", "describe_stacks", StackName=stack))["Stacks"]
+    stack_status: str = described["StackStatus"]
+    return stack_status
+
+
+async def events(aws: Aws, stack: str = STACK) -> list[tuple[str, str, str]]:
+    """(logical id, status, reason) of the stack's events, oldest first."""
+    described = await aws.call("cloudformation", "describe_stack_events", StackName=stack)
+    return [
+        (e["LogicalResourceId"], e["ResourceStatus"], e.get("ResourceStatusReason", ""))
+        for e in reversed(described["StackEvents"])
+    ]
+
+
+async def signal(
+    aws: Aws, unique_id: str, outcome: str = "SUCCESS", stack: str = STACK, resource: str = "Head"
+) -> None:
+    await aws.call(
+        "cloudformation",
+        "signal_resource",
+        StackName=stack,
+        LogicalResourceId=resource,
+        UniqueId=unique_id,
+        Status=outcome,
+    )
+
+
+async def queue_exists(aws: Aws) -> bool:
+    return bool((await aws.call("sqs", "list_queues")).get("QueueUrls"))
+
+
+async def test_waits_for_the_signal(aws: Aws) -> None:
+    stack_id = await create(aws, template({"Timeout": "PT30M"}))
+    assert await status(aws) == "CREATE_IN_PROGRESS"
+    assert await queue_exists(aws)
+
+    await signal(aws, "i-1", stack=stack_id)
+
+    assert await status(aws) == "CREATE_COMPLETE"
+    assert await events(aws) == [
+        (STACK, "CREATE_IN_PROGRESS", "User Initiated"),
+        ("Head", "CREATE_IN_PROGRESS", "Resource creation Initiated"),
+        ("Head", "CREATE_IN_PROGRESS", "Received SUCCESS signal with UniqueId i-1"),
+        ("Head", "CREATE_COMPLETE", ""),
+        (STACK, "CREATE_COMPLETE", ""),
+    ]
+    described = await aws.call("cloudformation", "describe_stack_events", StackName=STACK)
+    head = described["StackEvents"][1]
+    assert head["ResourceType"] == "AWS::SQS::Queue"
+    assert head["PhysicalResourceId"].endswith("/head")
+
+
+async def test_count_needs_distinct_unique_ids(aws: Aws) -> None:
+    await create(aws, template({"Count": 2}))
+    await signal(aws, "i-1")
+    await signal(aws, "i-1")
+    assert await status(aws) == "CREATE_IN_PROGRESS"
+
+    await signal(aws, "i-2")
+
+    assert await status(aws) == "CREATE_COMPLETE"
+
+
+async def test_failure_rolls_back(aws: Aws) -> None:
+    await create(aws, template({}))
+
+    await signal(aws, "i-1", "FAILURE")
+
+    assert await status(aws) == "ROLLBACK_COMPLETE"
+    assert (await events(aws))[-3:] == [
+        ("Head", "CREATE_FAILED", "Received FAILURE signal with UniqueId i-1"),
+        (
+            STACK,
+            "ROLLBACK_IN_PROGRESS",
+            "The following resource(s) failed to create: [Head]. Rollback requested by user.",
+        ),
+        (STACK, "ROLLBACK_COMPLETE", ""),
+    ]
+    assert not await queue_exists(aws)
+
+
+@pytest.mark.parametrize("failure", [{"DisableRollback": True}, {"OnFailure": "DO_NOTHING"}])
+async def test_failure_without_rollback(aws: Aws, failure: dict[str, Any]) -> None:
+    await create(aws, template({}), **failure)
+
+    await signal(aws, "i-1", "FAILURE")
+
+    assert await status(aws) == "CREATE_FAILED"
+    assert (await events(aws))[-2:] == [
+        ("Head", "CREATE_FAILED", "Received FAILURE signal with UniqueId i-1"),
+        (STACK, "CREATE_FAILED", "The following resource(s) failed to create: [Head]. "),
+    ]
+    assert await queue_exists(aws)
+
+
+async def test_failure_deletes_on_request(aws: Aws) -> None:
+    stack_id = await create(aws, template({}), OnFailure="DELETE")
+
+    await signal(aws, "i-1", "FAILURE")
+
+    assert await status(aws, stack_id) == "DELETE_COMPLETE"
+    assert not await queue_exists(aws)
+
+
+async def test_timeout_fails_the_creation(aws: Aws) -> None:
+    await create(aws, template({"Count": 2, "Timeout": "PT1S"}))
+    await signal(aws, "i-1")
+    await asyncio.sleep(1.1)
+
+    assert await status(aws) == "ROLLBACK_COMPLETE"
+    timed_out = "Failed to receive 1 resource signal(s) within the specified duration"
+    assert ("Head", "CREATE_FAILED", timed_out) in await events(aws)
+    with pytest.raises(AwsError) as late:
+        await signal(aws, "i-2")
+    assert late.value.code == "ValidationError"
+
+
+async def test_delete_while_waiting(aws: Aws) -> None:
+    stack_id = await create(aws, template({}))
+
+    await aws.call("cloudformation", "delete_stack", StackName=STACK)
+
+    assert await status(aws, stack_id) == "DELETE_COMPLETE"
+    assert not await queue_exists(aws)
+
+
+async def test_signal_errors(aws: Aws) -> None:
+    with pytest.raises(AwsError, match="Stack with id nowhere does not exist") as unknown:
+        await signal(aws, "i-1", stack="nowhere")
+    assert unknown.value.code == "ValidationError"
+
+    stack_id = await create(aws, template({}, Tail=queue("tail", None)))
+    with pytest.raises(AwsError, match="Resource Nowhere does not exist for stack cluster"):
+        await signal(aws, "i-1", resource="Nowhere")
+    refused = f"Resource Tail in stack {stack_id} is in CREATE_COMPLETE state"
+    with pytest.raises(AwsError, match=re.escape(refused) + " and cannot be signaled$"):
+        await signal(aws, "i-1", resource="Tail")
+
+
+async def test_no_policy_is_unaffected(aws: Aws) -> None:
+    await create(aws, template(None))
+
+    assert await status(aws) == "CREATE_COMPLETE"
+    assert await events(aws) == [
+        (STACK, "CREATE_IN_PROGRESS", "User Initiated"),
+        (STACK, "CREATE_COMPLETE", ""),
+    ]
+    refusal = "is in CREATE_COMPLETE state and cannot be signaled"
+    with pytest.raises(AwsError, match=refusal) as refused:
+        await signal(aws, "i-1")
+    assert refused.value.code == "ValidationError"

@@ -1,0 +1,92 @@
+"""Least privilege, proven: the roles' policies allow exactly what the code calls.
+
+Every test runs under the ``least_privilege`` fixture (conftest), which fails a test whose
+code makes a call its role may not make. The last test here checks the other direction
+over the whole session: no statement allows an action that no code called.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests import privilege
+from tests.clusters import CLUSTER_CONFIG
+from tests.conftest import POLICIES, REGION, SESSION_CALLS
+
+ARN = "arn:aws:sqs:us-east-1:123456789012"
+
+
+def call(role: str, action: str, *resources: str, **context: str) -> privilege.Call:
+    return privilege.Call(role, action, resources, tuple(context.items()))
+
+
+@pytest.mark.parametrize(
+    ("attempt", "allowed"),
+    [
+        (call(privilege.HEAD, "sqs:ReceiveMessage", f"{ARN}:c1-queue"), True),
+        (call(privilege.HEAD, "sqs:ReceiveMessage", f"{ARN}:jobs"), False),
+        (call(privilege.HEAD, "sqs:SendMessage", f"{ARN}:c1-queue"), False),
+        (call(privilege.HEAD, "sqs:SendMessage", f"{ARN}:c1-dlq"), True),
+        (call(privilege.HEAD, "sqs:DeleteQueue", f"{ARN}:c1-queue"), False),
+        (call(privilege.COMPUTE, "sqs:SendMessage", f"{ARN}:c1-queue"), True),
+        (call(privilege.COMPUTE, "sqs:ReceiveMessage", f"{ARN}:c1-queue"), False),
+        (call(privilege.COMPUTE, "dynamodb:PutItem"), False),
+        (
+            call(
+                privilege.HEAD, "cloudwatch:PutMetricData", **{"cloudwatch:namespace": "cfncluster"}
+            ),
+            True,
+        ),
+        (
+            call(privilege.HEAD, "cloudwatch:PutMetricData", **{"cloudwatch:namespace": "AWS/EC2"}),
+            False,
+        ),
+        (
+            call(
+                privilege.HEAD,
+                "autoscaling:SetDesiredCapacity",
+                "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:"
+                "0-0:autoScalingGroupName/someone-elses-group",
+            ),
+            False,
+        ),
+        (
+            call(
+                privilege.HEAD,
+                "dynamodb:DeleteTable",
+                "arn:aws:dynamodb:us-east-1:123456789012:table/c1-instances",
+            ),
+            False,
+        ),
+    ],
+)
+def test_the_checker_allows_the_stacks_own_resources_and_nothing_else(
+    attempt: privilege.Call, allowed: bool
+) -> None:
+    assert POLICIES.allows(attempt) is allowed
+
+
+def test_a_call_is_attributed_to_the_outermost_module_with_a_role() -> None:
+    namespace = {"__name__": "cfncluster_node.scalein"}
+    exec(  # a frame of the scale-in module, calling one of the group module
+        "def tick(inner):\n    return inner()\n", namespace
+    )
+    group = {"__name__": "cfncluster_node.group"}
+    exec("def shrink(probe):\n    return probe()\n", group)
+    found = namespace["tick"](lambda: group["shrink"](lambda: privilege.role_of_stack()))
+    assert found == (privilege.HEAD, "cfncluster_node.scalein")
+
+
+@pytest.mark.after_all
+def test_no_statement_allows_an_action_no_code_calls(request: pytest.FixtureRequest) -> None:
+    ran = {Path(str(item.path)).name for item in request.session.items}
+    every = {path.name for path in Path(__file__).parent.glob("test_*.py")}
+    if ran != every:
+        pytest.skip(f"needs the whole suite: {len(every - ran)} test files did not run")
+    policies = privilege.Policies.of(CLUSTER_CONFIG, REGION)
+    for role in (privilege.HEAD, privilege.COMPUTE):
+        called = {c.action for c in SESSION_CALLS if c.role == role}
+        unused = policies.actions(role) - called
+        assert not unused, f"the {role} role allows actions no code calls: {sorted(unused)}"

@@ -1,0 +1,194 @@
+"""The stack template: cfn-lint clean, and every part as the cluster config asks.
+
+moto creates most of the stack (tests/test_launcher.py) but skips the queue policy, the
+alarms and the scaling policies: those are checked here, from the template's JSON.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cfncluster_node import config, publisher, template
+from cfncluster_node.clusterconfig import ClusterConfig
+from cfncluster_node.config import Config
+from tests.clusters import cluster_config
+
+FULL = cluster_config(
+    cluster={"region": "us-east-1", "key_name": "ops"},
+    network={"ssh_from": "203.0.113.0/24", "public_ip": False},
+    compute={"purchase": "spot", "spot_max_price": 0.25, "min_size": 1, "desired_size": 2},
+    shared_volume={
+        "size": 500,
+        "type": "gp3",
+        "iops": 6000,
+        "throughput": 500,
+        "kms_key_id": "alias/cluster",
+        "snapshot_id": "snap-0123456789abcdef0",
+        "on_stack_delete": "snapshot",
+    },
+    s3_access=[
+        {"bucket": "inputs-bucket", "prefix": "runs/", "access": "read-only"},
+        {"bucket": "results-bucket", "access": "read-write"},
+    ],
+)
+STATIC = cluster_config(scaling={"mode": "static"}, shared_volume={"type": "io2", "iops": 4000})
+
+
+def resources(cluster: ClusterConfig) -> dict[str, Any]:
+    rendered: dict[str, Any] = template.render(cluster)["Resources"]
+    return rendered
+
+
+@pytest.mark.parametrize(
+    "cluster", [cluster_config(), FULL, STATIC], ids=["default", "full", "static"]
+)
+def test_cfn_lint_passes(cluster: ClusterConfig, tmp_path: Path) -> None:
+    path = tmp_path / "cluster.json"
+    path.write_text(template.to_json(template.render(cluster)))
+    lint = Path(sys.executable).parent / "cfn-lint"
+    result = subprocess.run([str(lint), str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_elastic_alarms_watch_the_published_metric_and_step_the_group() -> None:
+    found = resources(cluster_config(scaling={"threshold": 2, "evaluation_periods": 3}))
+    small, large = found["PendingAlarm"]["Properties"], found["PendingLargeAlarm"]["Properties"]
+    for alarm in (small, large):
+        assert alarm["Namespace"] == publisher.NAMESPACE
+        assert alarm["MetricName"] == publisher.PENDING_METRIC
+        assert alarm["Dimensions"] == [{"Name": "Stack", "Value": {"Ref": "AWS::StackName"}}]
+        assert alarm["Period"] == 60
+        assert alarm["EvaluationPeriods"] == 3
+        assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert (small["Statistic"], small["Threshold"]) == ("Average", 2)
+    assert (large["Statistic"], large["Threshold"]) == ("Sum", 200)
+    assert small["AlarmActions"] == [{"Ref": "ScaleUpPolicy"}]
+    assert large["AlarmActions"] == [{"Ref": "ScaleUpLargePolicy"}]
+    step, big_step = found["ScaleUpPolicy"]["Properties"], found["ScaleUpLargePolicy"]["Properties"]
+    assert step["AutoScalingGroupName"] == {"Ref": "ComputeGroup"}
+    assert (step["ScalingAdjustment"], big_step["ScalingAdjustment"]) == (1, 10)
+    assert step["AdjustmentType"] == "ChangeInCapacity"
+    assert step["Cooldown"] == "300"
+
+
+def test_static_mode_has_no_alarms_and_no_scale_in() -> None:
+    found = resources(STATIC)
+    kinds = {resource["Type"] for resource in found.values()}
+    assert "AWS::CloudWatch::Alarm" not in kinds
+    assert "AWS::AutoScaling::ScalingPolicy" not in kinds
+    assert "scalein" not in node_config(STATIC).supervisor.services
+
+
+def test_only_the_topic_may_send_to_the_queue_and_failures_go_to_the_dead_letter_queue() -> None:
+    found = resources(cluster_config())
+    [statement] = found["QueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Principal"] == {"Service": "sns.amazonaws.com"}
+    assert statement["Action"] == "sqs:SendMessage"
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Ref": "Topic"}}}
+    assert found["Topic"]["Properties"]["Subscription"] == [
+        {"Protocol": "sqs", "Endpoint": {"Fn::GetAtt": ["Queue", "Arn"]}}
+    ]
+    redrive = found["Queue"]["Properties"]["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
+
+
+def test_the_group_notifies_the_topic_and_waits_for_the_head_node() -> None:
+    group = resources(cluster_config())["ComputeGroup"]
+    assert group["DependsOn"] == template.HEAD_NODE
+    [notifications] = group["Properties"]["NotificationConfigurations"]
+    assert notifications["TopicARN"] == {"Ref": "Topic"}
+    assert set(notifications["NotificationTypes"]) == {
+        "autoscaling:EC2_INSTANCE_LAUNCH",
+        "autoscaling:EC2_INSTANCE_LAUNCH_ERROR",
+        "autoscaling:EC2_INSTANCE_TERMINATE",
+        "autoscaling:EC2_INSTANCE_TERMINATE_ERROR",
+    }
+    sizes = {k: group["Properties"][k] for k in ("MinSize", "DesiredCapacity", "MaxSize")}
+    assert sizes == {"MinSize": "0", "DesiredCapacity": "0", "MaxSize": "8"}
+
+
+def test_spot_compute_nodes_carry_their_max_price() -> None:
+    data = resources(FULL)["ComputeLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert data["InstanceMarketOptions"] == {
+        "MarketType": "spot",
+        "SpotOptions": {
+            "SpotInstanceType": "one-time",
+            "InstanceInterruptionBehavior": "terminate",
+            "MaxPrice": "0.25",
+        },
+    }
+    on_demand = resources(cluster_config())["ComputeLaunchTemplate"]["Properties"]
+    assert "InstanceMarketOptions" not in on_demand["LaunchTemplateData"]
+
+
+def test_every_ebs_setting_reaches_the_volume_which_outlives_the_stack_by_default() -> None:
+    volume = resources(FULL)["SharedVolume"]
+    assert volume["DeletionPolicy"] == "Snapshot"
+    assert volume["Properties"] | {"Tags": None} == {
+        "AvailabilityZone": {"Ref": "AvailabilityZone"},
+        "Size": 500,
+        "VolumeType": "gp3",
+        "Iops": 6000,
+        "Throughput": 500,
+        "Encrypted": True,
+        "KmsKeyId": "alias/cluster",
+        "SnapshotId": "snap-0123456789abcdef0",
+        "Tags": None,
+    }
+    plain = resources(cluster_config())["SharedVolume"]
+    assert plain["DeletionPolicy"] == "Retain"
+    assert {"Iops", "Throughput", "KmsKeyId", "SnapshotId"}.isdisjoint(plain["Properties"])
+
+
+def test_instances_get_no_s3_access_unless_asked() -> None:
+    assert "S3AccessPolicy" not in resources(cluster_config())
+    statements = resources(FULL)["S3AccessPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    by_resource = {s["Resource"][0]["Fn::Sub"]: s for s in statements}
+    reads = by_resource["arn:${AWS::Partition}:s3:::inputs-bucket/runs/*"]
+    assert reads["Action"] == ["s3:GetObject"]
+    listing = by_resource["arn:${AWS::Partition}:s3:::inputs-bucket"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["runs/*", "runs"]}}
+    writes = by_resource["arn:${AWS::Partition}:s3:::results-bucket/*"]
+    assert "s3:PutObject" in writes["Action"]
+    assert "Condition" not in by_resource["arn:${AWS::Partition}:s3:::results-bucket"]
+
+
+def node_config(cluster: ClusterConfig) -> Config:
+    """The head node's node.toml as CloudFormation's Fn::Sub would fill it in."""
+    text = template.node_config(cluster)
+    for name, value in {
+        "${AWS::StackName}": "c1",
+        "${AWS::Region}": "us-east-1",
+        "${InstanceTable}": "c1-instances",
+        "${Queue}": "https://sqs.us-east-1.amazonaws.com/123456789012/c1-queue",
+        "${SharedVolume}": "vol-0123456789abcdef0",
+    }.items():
+        text = text.replace(name, value)
+    assert "${" not in text
+    return config.parse(text, source="user data")
+
+
+def test_the_head_node_config_names_the_stacks_resources() -> None:
+    settings = node_config(FULL)
+    assert settings.cluster.table == "c1-instances"
+    assert settings.cluster.compute_group == "c1-compute"
+    assert settings.cluster.signal_resource == template.HEAD_NODE
+    assert settings.cluster.max_size is None  # read from the group: resizing is no change here
+    assert settings.sqswatcher.queue.endswith("/c1-queue")
+    assert settings.supervisor.services == ["sqswatcher", "publisher", "reconciler", "scalein"]
+    [shared] = settings.storage.shared
+    assert (shared.volume_id, shared.device) == ("vol-0123456789abcdef0", template.SHARED_DEVICE)
+    assert str(shared.export_to) == "10.0.0.0/16"
+    assert settings.storage.scratch is not None
+
+
+def test_the_head_node_waits_for_its_signal() -> None:
+    head = resources(cluster_config(head_node={"ready_timeout_minutes": 45}))[template.HEAD_NODE]
+    assert head["CreationPolicy"] == {"ResourceSignal": {"Count": 1, "Timeout": "PT45M"}}
+    script = head["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+    assert template.node_config(cluster_config()) in script + "\n"
