@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := slurm-wlm munge e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server
+SYSTEM_PACKAGES := slurm-wlm munge e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server iproute2
 
 .PHONY: install system-deps test demo bench lint clean
 

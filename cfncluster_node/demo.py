@@ -1,10 +1,19 @@
-"""``cfncluster-node demo``: the SQS watcher on an embedded default, with no AWS account.
+"""``cfncluster-node demo``: a whole elastic cluster on this machine, with no AWS account.
 
-moto's server plays AWS (queue, dead-letter queue, SNS topic, instance table) and a private
-slurmctld plays the cluster's scheduler. A fleet simulator plays what moto does not: Auto
-Scaling's launch and terminate notifications through SNS, and the compute nodes' join and
-leave messages, including the late replays and the garbage a real queue delivers. The
-watcher runs under the supervisor exactly as on a head node; a live view shows the fleet.
+1. moto's server plays AWS. The launcher renders the cluster's template, uploads it and
+   creates the stack, which waits for its head node's signal.
+2. This process plays the head node. It reads the node.toml the stack wrote into its user
+   data, brings up its scheduler (a private slurmctld) and signals the stack, then runs
+   the four services under the supervisor: watcher, publisher, reconciler and scale-in.
+3. ``fleetsim`` plays the rest of AWS:
+   - CloudWatch evaluates the template's alarms on the published metric.
+   - Auto Scaling notifies the topic of its launches and terminations.
+   - Each launched instance boots as a compute node: a network namespace with a real
+     slurmd, which announces itself to the queue.
+4. Jobs are submitted. The fleet grows from the alarms, the jobs run on the nodes, the
+   nodes go idle and are scaled in. Then the stack is deleted.
+
+Time is compressed: a CloudWatch minute lasts one publisher interval.
 """
 
 from __future__ import annotations
@@ -12,281 +21,366 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.panel import Panel
 from rich.table import Table
 
-from cfncluster_node import logs, services, supervisor
+from cfncluster_node import config, launcher, logs, readiness, services, supervisor
 from cfncluster_node.aws import Aws
-from cfncluster_node.config import (
-    AwsSettings,
-    ClusterSettings,
-    Config,
-    SqsWatcherSettings,
-    SupervisorSettings,
-)
-from cfncluster_node.instances import InstanceTable
-from cfncluster_node.localaws import (
-    ClusterResources,
-    MotoServer,
-    create_cluster_resources,
-    publish_autoscaling,
-    queue_depth,
-    send_messages,
-)
-from cfncluster_node.localslurm import LocalSlurm, SlurmUnavailable
-from cfncluster_node.messages import LEAVE_EVENT, READY_EVENT, compute_notice
+from cfncluster_node.clusterconfig import ClusterConfig
+from cfncluster_node.config import AwsSettings, Config, StorageSettings
+from cfncluster_node.fleetsim import Alarms, Fleet, Journal, alarms_of
+from cfncluster_node.imds import IMDS_ENV
+from cfncluster_node.localaws import MotoServer, metadata_service, queue_depth
+from cfncluster_node.localslurm import ComputeNodes, LocalSlurm, SlurmUnavailable
+from cfncluster_node.schedulers import Scheduler
 from cfncluster_node.schedulers.slurm import Slurm
+from cfncluster_node.template import HEAD_NODE
 
 REGION = "us-east-1"
-LAUNCH = "autoscaling:EC2_INSTANCE_LAUNCH"
-TERMINATE = "autoscaling:EC2_INSTANCE_TERMINATE"
+STACK = "demo"
+CPUS = 2  # per compute node: a job takes a whole node
+
+
+class DemoError(Exception):
+    pass
 
 
 @dataclass(frozen=True)
 class Scenario:
-    nodes: int
-    terminated: int
-    left: int
-    pace_s: float
-    settle_timeout_s: float
+    jobs: int
+    job_seconds: int
+    max_size: int
+    period_s: float  # one CloudWatch minute
+    idle_s: float  # scale-in's idle time
+    timeout_s: float
 
 
-FULL = Scenario(nodes=120, terminated=60, left=20, pace_s=0.02, settle_timeout_s=120)
-QUICK = Scenario(nodes=16, terminated=8, left=3, pace_s=0.01, settle_timeout_s=60)
+FULL = Scenario(jobs=12, job_seconds=10, max_size=6, period_s=2.0, idle_s=10, timeout_s=240)
+QUICK = Scenario(jobs=6, job_seconds=5, max_size=4, period_s=1.5, idle_s=6, timeout_s=150)
 
 
 @dataclass
 class Snapshot:
     phase: str = "starting"
-    sent: int = 0
-    slurm_hosts: int = 0
-    rows: dict[str, int] = field(default_factory=dict)
+    stack: str = "-"
+    desired: int = 0
+    instances: int = 0
+    hosts: dict[str, int] = field(default_factory=dict)
+    jobs: dict[str, int] = field(default_factory=dict)
+    alarms: dict[str, str] = field(default_factory=dict)
     queued: int = 0
     dead_letters: int = 0
 
 
 @dataclass(frozen=True)
 class Summary:
-    launched: int
-    full_registration_s: float
-    expected_hosts: int
-    slurm_hosts: int
-    resurrected: int
+    jobs_submitted: int
+    jobs_completed: int
+    first_node_s: float | None
+    jobs_done_s: float | None
+    scaled_in_s: float | None
+    peak_nodes: int
+    scale_outs: int
+    hosts_left: int
     dead_letters: int
+    stack_deleted: bool
+    volume_kept: bool
     log_file: Path
 
     @property
     def ok(self) -> bool:
         return (
-            self.slurm_hosts == self.expected_hosts
-            and self.resurrected == 0
+            self.jobs_completed == self.jobs_submitted
+            and self.peak_nodes >= 2
+            and self.scaled_in_s is not None
+            and self.hosts_left == 0
             and self.dead_letters == 1
+            and self.stack_deleted
+            and self.volume_kept
         )
 
 
-def instance(n: int) -> str:
-    return f"i-{0xDE0000 + n:017x}"
+async def demo_cluster(aws: Aws, scenario: Scenario) -> ClusterConfig:
+    """The cluster an operator would write, in moto's default VPC."""
+    subnet = (await aws.call("ec2", "describe_subnets"))["Subnets"][0]
+    return ClusterConfig.model_validate(
+        {
+            "cluster": {"region": REGION},
+            "network": {
+                "vpc_id": subnet["VpcId"],
+                "subnet_id": subnet["SubnetId"],
+                "availability_zone": subnet["AvailabilityZone"],
+                "vpc_cidr": "172.31.0.0/16",
+            },
+            "head_node": {"image_id": "ami-12c6146b"},
+            "compute": {"image_id": "ami-12c6146b", "max_size": scenario.max_size},
+            "scaling": {"adjustment": 2, "cooldown": 120, "idle_minutes": scenario.idle_s / 60},
+        }
+    )
 
 
-def hostname(n: int) -> str:
-    return f"ip-10-20-{n // 250}-{n % 250 + 1}"
+def on_this_machine(settings: Config, slurm: LocalSlurm, scenario: Scenario) -> Config:
+    """The stack's head-node config, run here: the private Slurm, no disks, and time
+    compressed so that a CloudWatch minute lasts ``period_s``."""
+    period = scenario.period_s
 
+    def section(name: str, **changes: Any) -> Any:
+        current = getattr(settings, name)
+        return type(current).model_validate(current.model_dump() | changes)
 
-def join(n: int, at: datetime) -> str:
-    return compute_notice(
-        READY_EVENT,
-        instance(n),
-        at,
-        hostname=f"{hostname(n)}.ec2.internal",
-        # Loopback addresses: slurmctld pings its nodes, and nothing else may be reached here.
-        address=f"127.20.{n // 250}.{n % 250 + 1}",
-        slots=4,
-        instance_type="c5.xlarge",
+    return settings.model_copy(
+        update={
+            "cluster": section("cluster", default_slots=CPUS),
+            "slurm": slurm.settings,
+            "storage": StorageSettings(),
+            "publisher": section("publisher", interval=period),
+            "scalein": section("scalein", interval=period, grace_seconds=1.0),
+            "reconciler": section("reconciler", interval=10 * period, join_timeout=60.0),
+            "supervisor": section("supervisor", stop_timeout=10.0),
+        }
     )
 
 
 class Demo:
-    def __init__(self, aws: Aws, cluster: ClusterResources, slurm: Slurm) -> None:
+    def __init__(self, aws: Aws, slurm: LocalSlurm, scheduler: Scheduler) -> None:
         self.aws = aws
-        self.cluster = cluster
         self.slurm = slurm
-        self.table = InstanceTable(aws, cluster.table)
+        self.scheduler = scheduler
         self.snapshot = Snapshot()
+        self.journal = Journal()
+        self.started = time.monotonic()
+        self.submitted = 0
 
-    async def play(self, scenario: Scenario) -> tuple[float, set[str]]:
-        """Drive the fleet through its life; return full-registration time and final hosts."""
-        t0 = datetime.now(UTC)
-        self.snapshot.phase = f"scale-out: {scenario.nodes} instances launch and join"
-        started = time.monotonic()
-        for n in range(scenario.nodes):
-            await publish_autoscaling(
-                self.aws, self.cluster.topic_arn, LAUNCH, instance(n), when=t0
-            )
-            await send_messages(self.aws, self.cluster.queue_url, [join(n, t0)])
-            self.snapshot.sent += 2
-            await asyncio.sleep(scenario.pace_s)
-        everyone = {hostname(n) for n in range(scenario.nodes)}
-        await self._until(lambda hosts: hosts == everyone, scenario.settle_timeout_s)
-        registration_s = time.monotonic() - started
-
-        later = t0 + timedelta(minutes=10)
-        self.snapshot.phase = (
-            f"scale-in: {scenario.terminated} terminated by Auto Scaling, {scenario.left} leave"
+    async def head_node(self, stacks: launcher.Launcher, scenario: Scenario) -> Config:
+        """Come up as the stack's head node, with the config its user data carries."""
+        for _ in range(600):
+            view = await stacks.describe(STACK)
+            if view is not None and view.status == "CREATE_IN_PROGRESS":
+                break
+            await asyncio.sleep(0.05)
+        text = await stacks.node_config(STACK)
+        settings = on_this_machine(config.parse(text, source="user data"), self.slurm, scenario)
+        head = await self.aws.call(
+            "cloudformation",
+            "describe_stack_resource",
+            StackName=STACK,
+            LogicalResourceId=HEAD_NODE,
         )
-        for n in range(scenario.terminated):
-            await publish_autoscaling(
-                self.aws, self.cluster.topic_arn, TERMINATE, instance(n), when=later
+        identity = {"instance-id": head["StackResourceDetail"]["PhysicalResourceId"]}
+        async with metadata_service(identity) as url:
+            os.environ[IMDS_ENV] = url
+            registry = services.build_registry(settings, self.aws)
+            await readiness.bring_up(settings, self.aws, registry)
+        return settings
+
+    async def play(self, scenario: Scenario, fleet: Fleet) -> dict[str, float | None]:
+        """Submit the jobs, then wait for them to run and for the fleet to go."""
+        self.snapshot.phase = f"{scenario.jobs} jobs submitted: the alarms grow the fleet"
+        for _ in range(scenario.jobs):
+            await asyncio.to_thread(
+                self.slurm.sbatch, "-N1", f"-n{CPUS}", "--wrap", f"sleep {scenario.job_seconds}"
             )
-            self.snapshot.sent += 1
-        leaving = range(scenario.terminated, scenario.terminated + scenario.left)
-        await send_messages(
-            self.aws,
-            self.cluster.queue_url,
-            [compute_notice(LEAVE_EVENT, instance(n), later) for n in leaving],
-        )
-        self.snapshot.sent += scenario.left
-
-        self.snapshot.phase = "chaos: late join replays, duplicate terminates, one garbage message"
-        replays = [join(n, t0) for n in range(scenario.terminated)]
-        garbage = json.dumps({"Type": "Notification", "Message": "{truncated"})
-        await send_messages(self.aws, self.cluster.queue_url, [*replays, garbage])
-        for n in range(0, scenario.terminated, 3):
-            await publish_autoscaling(
-                self.aws, self.cluster.topic_arn, TERMINATE, instance(n), when=later
-            )
-            self.snapshot.sent += 1
-        self.snapshot.sent += len(replays) + 1
-
-        survivors = {
-            hostname(n) for n in range(scenario.terminated + scenario.left, scenario.nodes)
-        }
-        self.snapshot.phase = "settling"
-        final = await self._until(lambda hosts: hosts == survivors, scenario.settle_timeout_s)
-        self.snapshot.phase = "done"
-        return registration_s, final
-
-    async def _until(self, done: Callable[[set[str]], bool], timeout: float) -> set[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            hosts = {h.hostname for h in await self.slurm.list_hosts()}
-            if (done(hosts) and self.snapshot.queued == 0) or time.monotonic() > deadline:
-                return hosts
-            await asyncio.sleep(0.2)
-
-    async def observe(self) -> None:
-        """Refresh the snapshot the live view shows, from the real Slurm, table and queues."""
-        while True:
-            self.snapshot.slurm_hosts = len(await self.slurm.list_hosts())
-            states: dict[str, int] = {}
-            for record in await self.table.scan():
-                states[record.state.value] = states.get(record.state.value, 0) + 1
-            self.snapshot.rows = states
-            self.snapshot.queued = await queue_depth(self.aws, self.cluster.queue_url)
-            self.snapshot.dead_letters = await queue_depth(self.aws, self.cluster.dead_letter_url)
+            self.submitted += 1
+        await fleet.inject_garbage()
+        marks: dict[str, float | None] = {"first_node": None, "jobs_done": None, "scaled_in": None}
+        deadline = time.monotonic() + scenario.timeout_s
+        while time.monotonic() < deadline:
+            elapsed = time.monotonic() - self.started
+            if marks["first_node"] is None and self.journal.counts.get("joined"):
+                marks["first_node"] = elapsed
+            if marks["jobs_done"] is None and self.snapshot.jobs.get("done") == scenario.jobs:
+                marks["jobs_done"] = elapsed
+                self.snapshot.phase = "jobs done: idle nodes drain and scale in"
+            if marks["jobs_done"] is not None and not fleet.running and not self.snapshot.hosts:
+                marks["scaled_in"] = elapsed
+                break
             await asyncio.sleep(0.25)
+        self.snapshot.phase = "done" if marks["scaled_in"] else "timed out"
+        return marks
+
+    async def observe(self, fleet: Fleet, alarms: Alarms, outputs: dict[str, str]) -> None:
+        """Refresh what the live view shows, from the real Slurm, group and queues."""
+        while True:
+            hosts: dict[str, int] = {}
+            for host in await self.scheduler.list_hosts():
+                state = "busy" if host.busy else ("idle" if host.available else "draining")
+                hosts[state] = hosts.get(state, 0) + 1
+            self.snapshot.hosts = hosts
+            self.snapshot.jobs = await asyncio.to_thread(self._jobs)
+            self.snapshot.instances = len(fleet.running)
+            described = await self.aws.call(
+                "autoscaling",
+                "describe_auto_scaling_groups",
+                AutoScalingGroupNames=[outputs["ComputeGroup"]],
+            )
+            self.snapshot.desired = described["AutoScalingGroups"][0]["DesiredCapacity"]
+            self.snapshot.alarms = dict(alarms.states)
+            self.snapshot.queued = await queue_depth(self.aws, outputs["QueueUrl"])
+            self.snapshot.dead_letters = await queue_depth(self.aws, outputs["DeadLetterQueueUrl"])
+            await asyncio.sleep(0.5)
+
+    def _jobs(self) -> dict[str, int]:
+        listed = self.slurm.squeue("-h", "-o", "%T").split()
+        pending = listed.count("PENDING")
+        return {
+            "pending": pending,
+            "running": len(listed) - pending,
+            "done": self.submitted - len(listed),
+        }
 
 
-def render(snapshot: Snapshot) -> Table:
-    table = Table(title="cfncluster-node demo: SQS watcher", show_header=False, min_width=72)
-    table.add_column(style="bold cyan")
+def render(demo: Demo, max_size: int) -> Panel:
+    s = demo.snapshot
+    table = Table(show_header=False, box=None, min_width=70)
+    table.add_column(style="bold cyan", width=26)
     table.add_column()
-    table.add_row("phase", snapshot.phase)
-    table.add_row("messages sent", str(snapshot.sent))
-    table.add_row("hosts in Slurm", str(snapshot.slurm_hosts))
-    table.add_row(
-        "instance table", ", ".join(f"{k}={v}" for k, v in sorted(snapshot.rows.items())) or "-"
+    elapsed = time.monotonic() - demo.started
+    table.add_row("phase", f"{s.phase}  [dim]({elapsed:.0f} s)[/]")
+    table.add_row("stack", s.stack)
+    table.add_row("compute group", f"desired {s.desired} of max {max_size}, {s.instances} running")
+    table.add_row("Slurm nodes", _counts(s.hosts) or "none")
+    table.add_row("jobs", _counts(s.jobs) or "-")
+    table.add_row("alarms", ", ".join(f"{k}={v}" for k, v in sorted(s.alarms.items())) or "-")
+    table.add_row("queue / dead letters", f"{s.queued} / {s.dead_letters}")
+    lines = "\n".join(demo.journal.lines) or "-"
+    return Panel(
+        Group(table, Panel(lines, title="what happened", border_style="dim")),
+        title="cfncluster-node demo: an elastic cluster on moto and a real Slurm",
     )
-    table.add_row("queue (visible + in flight)", str(snapshot.queued))
-    table.add_row("dead-letter queue", str(snapshot.dead_letters))
-    return table
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in sorted(counts.items()) if value)
 
 
 async def run(
     scenario: Scenario, console: Console, stop: asyncio.Event, workdir: Path, log_file: Path
 ) -> Summary | None:
-    console.print(f"[bold]Starting moto's server and a private slurmctld[/] (work dir {workdir})")
-    with MotoServer() as moto, LocalSlurm(workdir / "slurm") as local_slurm:
+    console.print(f"[bold]moto's server, a private slurmctld, a node network[/] ({workdir})")
+    with (
+        MotoServer() as moto,
+        LocalSlurm(workdir / "slurm") as slurm,
+        ComputeNodes(slurm) as nodes,
+    ):
         moto.use()
         async with Aws(AwsSettings(max_attempts=3), REGION) as aws:
-            cluster = await create_cluster_resources(aws, "demo")
-            config = Config(
-                cluster=ClusterSettings(stack_name="demo", region=REGION, table=cluster.table),
-                sqswatcher=SqsWatcherSettings(queue=cluster.queue_url),
-                slurm=local_slurm.settings,
-                supervisor=SupervisorSettings(stop_timeout=10),
+            stacks = launcher.Launcher(aws, REGION, console, poll_s=0.2)
+            cluster = await demo_cluster(aws, scenario)
+            demo = Demo(aws, slurm, Slurm(slurm.settings))
+            creating = asyncio.create_task(stacks.create(STACK, cluster))
+            settings = await demo.head_node(stacks, scenario)
+            created = await creating
+            launcher.report(console, created)
+            if not created.ok:
+                raise DemoError("the stack was not created")
+            demo.snapshot.stack = created.status
+            template = await aws.call("cloudformation", "get_template", StackName=STACK)
+            body = template["TemplateBody"]
+            rendered = json.loads(body) if isinstance(body, str) else body
+            alarms = Alarms(
+                aws,
+                alarms_of(rendered, STACK),
+                created.outputs["ComputeGroup"],
+                scenario.period_s,
+                demo.journal,
             )
-            registry = services.build_registry(config, aws)
-            watcher = services.build("sqswatcher", config, aws, registry)
-            slurm = Slurm(local_slurm.settings)
-            demo = Demo(aws, cluster, slurm)
+            fleet = Fleet(aws, created.outputs, nodes, demo.scheduler, demo.journal, cpus=CPUS)
+            registry = services.build_registry(settings, aws)
+            running = [
+                services.build(name, settings, aws, registry)
+                for name in settings.supervisor.services
+            ]
             service_stop = asyncio.Event()
-            async with asyncio.TaskGroup() as group:
-                supervised = group.create_task(
-                    supervisor.supervise(
-                        [watcher], service_stop, SupervisorSettings(stop_timeout=10)
-                    )
+            async with asyncio.TaskGroup() as tasks:
+                supervised = tasks.create_task(
+                    supervisor.supervise(running, service_stop, settings.supervisor)
                 )
-                observer = group.create_task(demo.observe())
-                with Live(render(demo.snapshot), console=console, refresh_per_second=4) as live:
-                    refresher = group.create_task(_refresh(live, demo))
-                    play = group.create_task(demo.play(scenario))
-                    interrupted = group.create_task(stop.wait())
+                helpers = [
+                    tasks.create_task(alarms.run()),
+                    tasks.create_task(fleet.run()),
+                    tasks.create_task(demo.observe(fleet, alarms, created.outputs)),
+                ]
+                with Live(render(demo, scenario.max_size), console=console) as live:
+                    helpers.append(tasks.create_task(_refresh(live, demo, scenario.max_size)))
+                    play = tasks.create_task(demo.play(scenario, fleet))
+                    interrupted = tasks.create_task(stop.wait())
                     await asyncio.wait({play, interrupted}, return_when=asyncio.FIRST_COMPLETED)
-                    for task in (play, interrupted, observer, refresher):
+                    for task in (play, interrupted, *helpers):
                         task.cancel()
-                    live.update(render(demo.snapshot))
+                    live.update(render(demo, scenario.max_size))
                 console.print()
                 service_stop.set()
                 await supervised
             if stop.is_set():
                 console.print("[yellow]Interrupted: everything stopped and cleaned up.[/]")
                 return None
-            registration_s, final = play.result()
+            marks = play.result()
+            dead_letters = await queue_depth(aws, created.outputs["DeadLetterQueueUrl"])
+            hosts_left = len(await demo.scheduler.list_hosts())
+            deleted = await stacks.delete(STACK)
+            volume = created.outputs["SharedVolume"]
+            kept = await aws.call("ec2", "describe_volumes", VolumeIds=[volume])
+            jobs = await asyncio.to_thread(demo._jobs)
             return Summary(
-                launched=scenario.nodes,
-                full_registration_s=registration_s,
-                expected_hosts=scenario.nodes - scenario.terminated - scenario.left,
-                slurm_hosts=len(final),
-                resurrected=len({hostname(n) for n in range(scenario.terminated)} & final),
-                dead_letters=await queue_depth(aws, cluster.dead_letter_url),
+                jobs_submitted=scenario.jobs,
+                jobs_completed=jobs["done"],
+                first_node_s=marks["first_node"],
+                jobs_done_s=marks["jobs_done"],
+                scaled_in_s=marks["scaled_in"],
+                peak_nodes=fleet.peak,
+                scale_outs=demo.journal.counts.get("scale_out", 0),
+                hosts_left=hosts_left,
+                dead_letters=dead_letters,
+                stack_deleted=deleted is not None and deleted.status == "DELETE_COMPLETE",
+                volume_kept=bool(kept["Volumes"]),
                 log_file=log_file,
             )
 
 
-async def _refresh(live: Live, demo: Demo) -> None:
+async def _refresh(live: Live, demo: Demo, max_size: int) -> None:
     while True:
-        live.update(render(demo.snapshot))
+        live.update(render(demo, max_size))
         await asyncio.sleep(0.25)
 
 
 def print_summary(console: Console, summary: Summary) -> None:
+    def seconds(value: float | None) -> str:
+        return "never" if value is None else f"{value:.1f} s"
+
     table = Table(title="summary", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    table.add_row("instances launched and joined", str(summary.launched))
-    table.add_row("time to full registration", f"{summary.full_registration_s:.2f} s")
-    table.add_row("hosts expected / in Slurm", f"{summary.expected_hosts} / {summary.slurm_hosts}")
-    table.add_row("terminated hosts brought back by late replays", str(summary.resurrected))
+    table.add_row(
+        "jobs submitted / completed", f"{summary.jobs_submitted} / {summary.jobs_completed}"
+    )
+    table.add_row("first compute node joined after", seconds(summary.first_node_s))
+    table.add_row("all jobs done after", seconds(summary.jobs_done_s))
+    table.add_row("fleet back to zero after", seconds(summary.scaled_in_s))
+    table.add_row("peak compute nodes", str(summary.peak_nodes))
+    table.add_row("scale-out steps by the alarms", str(summary.scale_outs))
+    table.add_row("hosts left in Slurm", str(summary.hosts_left))
     table.add_row("garbage messages in the dead-letter queue", str(summary.dead_letters))
-    table.add_row("watcher log (JSON lines)", str(summary.log_file))
-    console.print(Group(table))
-    verdict = "ok" if summary.ok else "FAILED"
-    console.print(f"demo_result={verdict}")
+    table.add_row("stack deleted", "yes" if summary.stack_deleted else "no")
+    table.add_row("shared volume kept for the next cluster", "yes" if summary.volume_kept else "no")
+    table.add_row("head node log (JSON lines)", str(summary.log_file))
+    console.print(table)
+    console.print(f"demo_result={'ok' if summary.ok else 'FAILED'}")
 
 
 def main(quick: bool) -> int:
-    console = Console()
+    # Event lines are long and grepped: never broken at the terminal's width.
+    console = Console(soft_wrap=True)
     outcome: list[Summary | None] = []
-
     workdir = Path(tempfile.mkdtemp(prefix="cfncluster-demo-", dir="/var/tmp"))
     workdir.chmod(0o755)  # slurmctld, running as the slurm user, keeps its state inside
     log_file = workdir / "demo.log"
@@ -300,6 +394,9 @@ def main(quick: bool) -> int:
             supervisor.run_until_stopped(entry)
     except SlurmUnavailable as exc:
         console.print(f"[red]cannot start the demo's Slurm:[/] {exc}")
+        return 1
+    except DemoError as exc:
+        console.print(f"[red]demo failed:[/] {exc}; the head node's log is {log_file}")
         return 1
     finally:
         shutil.rmtree(workdir / "slurm", ignore_errors=True)

@@ -10,6 +10,7 @@ are not. Interrupting a watch leaves the stack alone.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
@@ -165,6 +166,21 @@ class Launcher:
         await self._aws.call("cloudformation", "delete_stack", StackName=current.stack_id)
         self._console.print(f"[bold]deleting[/] {name}")
         return await self.watch(current.stack_id, seen=seen)
+
+    async def node_config(self, name: str) -> str:
+        """The node.toml the stack gave its head node (in its user data), as filled in."""
+        resource = await self._aws.call(
+            "cloudformation",
+            "describe_stack_resource",
+            StackName=name,
+            LogicalResourceId=template.HEAD_NODE,
+        )
+        instance_id = resource["StackResourceDetail"]["PhysicalResourceId"]
+        user_data = await self._aws.call(
+            "ec2", "describe_instance_attribute", InstanceId=instance_id, Attribute="userData"
+        )
+        script = base64.b64decode(user_data["UserData"]["Value"]).decode()
+        return template.node_config_in(script)
 
     async def describe(self, name_or_id: str) -> StackView | None:
         stack = await self._stack(name_or_id)

@@ -15,9 +15,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
+
+from aiohttp import web
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.instances import table_definition
@@ -97,6 +100,34 @@ class MotoServer:
     def use(self) -> None:
         """Point this process's AWS clients at the server."""
         os.environ.update(self.env)
+
+
+@contextlib.asynccontextmanager
+async def metadata_service(values: dict[str, str]) -> AsyncIterator[str]:
+    """One instance's metadata over IMDSv2 (moto's is static and global); yields its URL."""
+    token = "token-1234"
+
+    async def issue_token(request: web.Request) -> web.Response:
+        if not request.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
+            return web.Response(status=400)
+        return web.Response(text=token)
+
+    async def answer(request: web.Request) -> web.Response:
+        if request.headers.get("X-aws-ec2-metadata-token") != token:
+            return web.Response(status=401)
+        key = request.match_info["key"]
+        return web.Response(text=values[key]) if key in values else web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_put("/latest/api/token", issue_token)
+    app.router.add_get("/latest/meta-data/{key:.+}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,12 @@ class LocalSlurm:
         )
         return result.stdout
 
+    def squeue(self, *args: str) -> str:
+        result = subprocess.run(
+            ["squeue", *args], env=self._env(), capture_output=True, text=True, check=True
+        )
+        return result.stdout
+
     def start_slurmd(self, nodename: str, cpus: int) -> None:
         """A real slurmd for one registered node, so jobs really run (-Z: dynamic node)."""
         process = subprocess.Popen(
@@ -243,3 +249,115 @@ def _munge_answers() -> bool:
     if credential.returncode != 0:
         return False
     return subprocess.run(["unmunge"], input=credential.stdout, capture_output=True).returncode == 0
+
+
+class ComputeNodes:
+    """Compute nodes on this machine for the demo: each one a network namespace with its own
+    address on a bridge, and a real slurmd in it.
+
+    slurmd cannot listen on another port or address than slurm.conf's, so two on one
+    network stack collide; in namespaces each listens on the standard port of its own
+    address, and slurmctld reaches it at its NodeAddr as on a real cluster. Each slurmd
+    has its own copy of slurm.conf: the controller's bridge address, its own spool.
+    """
+
+    BRIDGE = "cfnbr0"
+    GATEWAY = "172.30.0.1"
+    _PREFIX = 16
+
+    def __init__(self, slurm: LocalSlurm) -> None:
+        self._slurm = slurm
+        self._nodes: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        self._next = 0
+
+    @staticmethod
+    def address(n: int) -> str:
+        return f"172.30.{1 + n // 250}.{n % 250 + 1}"
+
+    def open(self) -> None:
+        if shutil.which("ip") is None or shutil.which("nsenter") is None:
+            raise SlurmUnavailable("ip and nsenter not found: apt-get install iproute2 util-linux")
+        self._remove_stale()
+        _ip("link", "add", self.BRIDGE, "type", "bridge")
+        _ip("addr", "add", f"{self.GATEWAY}/{self._PREFIX}", "dev", self.BRIDGE)
+        _ip("link", "set", self.BRIDGE, "up")
+
+    def start(self, name: str, address: str, cpus: int) -> None:
+        """Boot node ``name`` at ``address``: its namespace, then its slurmd."""
+        index = self._next
+        self._next += 1
+        namespace, veth = f"cfn-{name}", f"cfnv{index}"
+        _ip("netns", "add", namespace)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        _ip("link", "set", veth, "master", self.BRIDGE, "up")
+        inside = ("-n", namespace)
+        _ip(*inside, "addr", "add", f"{address}/{self._PREFIX}", "dev", "eth0")
+        _ip(*inside, "link", "set", "eth0", "up")
+        _ip(*inside, "link", "set", "lo", "up")
+        home = self._slurm.root / "nodes" / name
+        (home / "spool").mkdir(parents=True, exist_ok=True)
+        conf = home / "slurm.conf"
+        conf.write_text(
+            self._slurm.conf.read_text()
+            .replace("(127.0.0.1)", f"({self.GATEWAY})")
+            .replace(f"SlurmdSpoolDir={self._slurm.root}/spool", f"SlurmdSpoolDir={home}/spool")
+            .replace(f"SlurmdPidFile={self._slurm.root}/", f"SlurmdPidFile={home}/")
+        )
+        # nsenter, not `ip netns exec`: that remounts /sys, and slurmd needs its cgroups.
+        process = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{namespace}",
+                "/usr/sbin/slurmd",
+                "-D",
+                "-Z",
+                "-f",
+                str(conf),
+                "--conf",
+                f"CPUs={cpus} Features={self._slurm.feature}",
+                "-N",
+                name,
+            ],
+            env={**os.environ, "SLURM_CONF": str(conf)},
+            stdout=subprocess.DEVNULL,
+            stderr=(home / "slurmd.log").open("w"),
+        )
+        self._nodes[name] = (index, process)
+
+    def stop(self, name: str) -> None:
+        """Shut node ``name`` down, booted or not: its slurmd, then its namespace (the veth
+        goes with it)."""
+        booted = self._nodes.pop(name, None)
+        if booted is not None:
+            process = booted[1]
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        subprocess.run(["ip", "netns", "del", f"cfn-{name}"], capture_output=True)
+
+    def close(self) -> None:
+        for name in list(self._nodes):
+            self.stop(name)
+        subprocess.run(["ip", "link", "del", self.BRIDGE], capture_output=True)
+
+    def _remove_stale(self) -> None:
+        """What a demo killed with SIGKILL left behind."""
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in listed.splitlines():
+            if line.startswith("cfn-"):
+                subprocess.run(["ip", "netns", "del", line.split()[0]], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.BRIDGE], capture_output=True)
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)

@@ -287,18 +287,26 @@ def node_config(cluster: ClusterConfig) -> str:
     return "\n".join(lines)
 
 
+_NODE_TOML_START = f"cat > {NODE_CONFIG_PATH} <<'NODE_TOML'\n"
+_NODE_TOML_END = "\nNODE_TOML\n"
+
+
+def node_config_in(user_data: str) -> str:
+    """The node.toml inside a head node's user data script."""
+    return user_data.split(_NODE_TOML_START, 1)[1].split(_NODE_TOML_END, 1)[0] + "\n"
+
+
 def _head_node_user_data(cluster: ClusterConfig) -> str:
-    return "\n".join(
+    return "".join(
         [
-            "#!/bin/bash",
-            "set -euo pipefail",
-            f"mkdir -p {NODE_CONFIG_PATH.rsplit('/', 1)[0]}",
-            f"cat > {NODE_CONFIG_PATH} <<'NODE_TOML'",
+            "#!/bin/bash\n",
+            "set -euo pipefail\n",
+            f"mkdir -p {NODE_CONFIG_PATH.rsplit('/', 1)[0]}\n",
+            _NODE_TOML_START,
             node_config(cluster).rstrip("\n"),
-            "NODE_TOML",
+            _NODE_TOML_END,
             # The unit signals CloudFormation itself, success or failure (creation policy).
-            "systemctl enable --now cfncluster-node.service",
-            "",
+            "systemctl enable --now cfncluster-node.service\n",
         ]
     )
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -20,10 +21,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from cfncluster_node import aws as aws_module
-from cfncluster_node import group, logs
+from cfncluster_node import group, localaws, logs
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import AwsSettings
 from cfncluster_node.instances import InstanceTable
@@ -169,32 +169,12 @@ MetadataService = Callable[[dict[str, str]], Awaitable[str]]
 @pytest.fixture
 async def metadata_service() -> AsyncIterator[MetadataService]:
     """Per-instance metadata speaking IMDSv2 (moto's is static and global): start(values)."""
-    token = "token-1234"
-    runners: list[web.AppRunner] = []
+    async with contextlib.AsyncExitStack() as services:
 
-    async def start(values: dict[str, str]) -> str:
-        async def issue_token(request: web.Request) -> web.Response:
-            assert request.headers["X-aws-ec2-metadata-token-ttl-seconds"]
-            return web.Response(text=token)
+        async def start(values: dict[str, str]) -> str:
+            return await services.enter_async_context(localaws.metadata_service(values))
 
-        async def answer(request: web.Request) -> web.Response:
-            if request.headers.get("X-aws-ec2-metadata-token") != token:
-                return web.Response(status=401)
-            key = request.match_info["key"]
-            return web.Response(text=values[key]) if key in values else web.Response(status=404)
-
-        app = web.Application()
-        app.router.add_put("/latest/api/token", issue_token)
-        app.router.add_get("/latest/meta-data/{key:.+}", answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return f"http://127.0.0.1:{runner.addresses[0][1]}"
-
-    yield start
-    for runner in runners:
-        await runner.cleanup()
+        yield start
 
 
 @pytest.fixture

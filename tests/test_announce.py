@@ -8,10 +8,12 @@ import sys
 
 import pytest
 
+from cfncluster_node import announce
 from cfncluster_node.aws import Aws
 from cfncluster_node.imds import IMDS_ENV
-from cfncluster_node.localaws import ClusterResources, MotoServer
+from cfncluster_node.localaws import ClusterResources, MotoServer, queue_depth
 from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.messages import READY_EVENT
 from tests.conftest import MetadataService
 from tests.test_sqswatcher import drain, rows, slurm_hosts
 
@@ -28,7 +30,7 @@ async def imds(metadata_service: MetadataService) -> str:
     return await metadata_service(METADATA)
 
 
-async def announce(moto: MotoServer, imds: str, *args: str) -> tuple[int, str]:
+async def announce_command(moto: MotoServer, imds: str, *args: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -48,7 +50,7 @@ async def announce(moto: MotoServer, imds: str, *args: str) -> tuple[int, str]:
 async def test_announce_ready_then_leave_registers_and_unregisters_the_node(
     aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, imds: str
 ) -> None:
-    code, output = await announce(
+    code, output = await announce_command(
         moto, imds, "ready", "--queue-url", cluster.queue_url, "--slots", "8"
     )
     assert code == 0, output
@@ -57,7 +59,7 @@ async def test_announce_ready_then_leave_registers_and_unregisters_the_node(
     row = (await rows(aws, cluster))["i-0a1b2c3d4e5f60718"]
     assert (row.slots, row.instance_type) == (8, "c5.2xlarge")
 
-    code, output = await announce(moto, imds, "leave", "--queue-url", cluster.queue_url)
+    code, output = await announce_command(moto, imds, "leave", "--queue-url", cluster.queue_url)
     assert code == 0, output
     await drain(aws, cluster, slurm.settings)
     assert await slurm_hosts(slurm) == {}
@@ -66,7 +68,7 @@ async def test_announce_ready_then_leave_registers_and_unregisters_the_node(
 async def test_flags_override_metadata(
     aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, imds: str
 ) -> None:
-    code, output = await announce(
+    code, output = await announce_command(
         moto,
         imds,
         "ready",
@@ -87,7 +89,7 @@ async def test_flags_override_metadata(
 async def test_unreachable_metadata_service_is_one_clear_error(
     cluster: ClusterResources, moto: MotoServer
 ) -> None:
-    code, output = await announce(
+    code, output = await announce_command(
         moto, "http://127.0.0.1:9", "ready", "--queue-url", cluster.queue_url
     )
     assert code == 1
@@ -98,7 +100,7 @@ async def test_unreachable_metadata_service_is_one_clear_error(
 async def test_invalid_hostname_is_refused_before_anything_is_sent(
     aws: Aws, cluster: ClusterResources, moto: MotoServer, imds: str
 ) -> None:
-    code, output = await announce(
+    code, output = await announce_command(
         moto, imds, "ready", "--queue-url", cluster.queue_url, "--hostname", "a b;reboot"
     )
     assert code == 1
@@ -110,3 +112,16 @@ async def test_invalid_hostname_is_refused_before_anything_is_sent(
         AttributeNames=["ApproximateNumberOfMessages"],
     )
     assert attributes["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+
+async def test_the_join_is_one_message_to_the_queue_sent_in_process(
+    aws: Aws, cluster: ClusterResources, imds: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What the command runs, here in the suite's process: its AWS calls are checked
+    # against the compute role's policy (tests/test_privilege.py).
+    monkeypatch.setenv(IMDS_ENV, imds)
+    identity = await announce.identify(
+        instance_id=None, hostname=None, instance_type=None, address=None, slots=4
+    )
+    await announce.send(aws, cluster.queue_url, READY_EVENT, identity)
+    assert await queue_depth(aws, cluster.queue_url) == 1

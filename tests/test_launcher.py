@@ -8,7 +8,6 @@ so ``launch create`` really waits for the head node's signal.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import os
@@ -55,23 +54,6 @@ async def until_status(aws: Aws, name: str, wanted: str) -> None:
     raise AssertionError(f"{name} never reached {wanted}")
 
 
-async def head_node_config(aws: Aws, name: str) -> Config:
-    """The node.toml the head node writes from its user data, as CloudFormation filled it."""
-    resource = await aws.call(
-        "cloudformation",
-        "describe_stack_resource",
-        StackName=name,
-        LogicalResourceId=template.HEAD_NODE,
-    )
-    instance_id = resource["StackResourceDetail"]["PhysicalResourceId"]
-    user_data = await aws.call(
-        "ec2", "describe_instance_attribute", InstanceId=instance_id, Attribute="userData"
-    )
-    script = base64.b64decode(user_data["UserData"]["Value"]).decode()
-    toml = script.split("<<'NODE_TOML'\n", 1)[1].split("\nNODE_TOML\n", 1)[0]
-    return config.parse(toml, source="user data")
-
-
 async def head_node_comes_up(
     aws: Aws, name: str, slurm: LocalSlurm, metadata_service: MetadataService, **storage: object
 ) -> Config:
@@ -80,7 +62,8 @@ async def head_node_comes_up(
     The private Slurm stands in for the head node's, and storage is left out unless given:
     this machine has no EBS devices (tests/test_ebs.py attaches the volume)."""
     await until_status(aws, name, "CREATE_IN_PROGRESS")
-    settings = (await head_node_config(aws, name)).model_copy(
+    text = await launcher.Launcher(aws, REGION, console()).node_config(name)
+    settings = config.parse(text, source="user data").model_copy(
         update={"slurm": slurm.settings, "storage": StorageSettings.model_validate(storage)}
     )
     head = await aws.call(
