@@ -133,7 +133,7 @@ class StorageSettings(Section):
 
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    format: Literal["auto", "json", "console", "journal"] = "auto"
 
 
 class Config(Section):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cfncluster_node import imds, logs
+from cfncluster_node import imds, logs, sdnotify
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, Config
 from cfncluster_node.registry import Registry
@@ -45,6 +45,7 @@ class Readiness:
 
     async def failed(self, reason: str) -> None:
         self._log.error("head_node_failed", reason=reason)
+        sdnotify.notify(STATUS=f"failed: {reason}"[:200])
         await self._signal("FAILURE", lambda instance_id: failure_id(instance_id, reason))
 
     async def _signal(self, status: str, unique_id: Callable[[str], str]) -> None:
@@ -76,6 +77,7 @@ async def bring_up(settings: Config, aws: Aws, registry: Registry) -> None:
     """Storage first, then a scheduler that answers: the services never start on a
     half-set-up node. The stack hears the outcome either way."""
     stack = Readiness(aws, settings.cluster)
+    sdnotify.notify(STATUS="setting up storage")
     try:
         await setup.set_up_all(settings.storage, aws=aws)
         await registry.scheduler.list_hosts()
