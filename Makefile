@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := slurm-wlm munge e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server iproute2
+SYSTEM_PACKAGES := slurm-wlm munge e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server iproute2 packer
+VM_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap zstd
 
-.PHONY: install system-deps test demo bench lint clean
+.PHONY: install system-deps vm-deps test vmtest dist demo bench lint clean
 
 install: $(VENV)/.installed
 
@@ -14,16 +15,36 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# The real Slurm the tests, the benchmarks and the demo run against (Debian packages).
-system-deps:
-	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+# Debian packages: the real Slurm, filesystem and NFS tools, packer, and for the VM test QEMU.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing $$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
 
+system-deps:
+	$(call apt_install,$(SYSTEM_PACKAGES))
+
+vm-deps:
+	$(call apt_install,$(VM_PACKAGES))
+
+# The suite, then the full-system boot test: CI runs exactly this.
 test: install system-deps
 	$(BIN)/pytest -q
+	$(MAKE) vmtest
+
+# What Packer bakes into the AMIs: the project's wheel and every dependency's, the units
+# and the install script.
+dist: install
+	rm -rf dist
+	$(BIN)/pip wheel --quiet --wheel-dir dist/wheels .
+	cp -r systemd packer/install.sh dist/
+
+# Debian under QEMU with systemd as PID 1: tests/vm/vmtest.sh (results in .vmtest/).
+vmtest: vm-deps dist
+	tests/vm/vmtest.sh
 
 demo: install system-deps
 	$(BIN)/cfncluster-node demo
@@ -38,4 +59,4 @@ lint: install
 	$(BIN)/mypy cfncluster_node
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis dist .vmtest

@@ -1,0 +1,49 @@
+#!/bin/bash
+# Installs cfncluster-node on a machine image. Packer runs it on the instance it bakes
+# (packer/cfncluster-node.pkr.hcl); `make vmtest` runs it in the test VM's root
+# filesystem, so the image under test is installed exactly as the AMIs are.
+#
+#   install.sh --role head|compute --from DIR [--no-packages]
+#   install.sh --role head|compute --list-packages
+#
+# DIR is what `make dist` builds: wheels/ (the project and every dependency, so pip needs
+# no index), systemd/ and this script. --no-packages: the Debian packages are already in.
+# Running it again upgrades in place.
+set -euo pipefail
+
+role="" from="" packages=yes list=no
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --role) role="$2"; shift 2 ;;
+        --from) from="$2"; shift 2 ;;
+        --no-packages) packages=no; shift ;;
+        --list-packages) list=yes; shift ;;
+        *) echo "install.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+prefix=/opt/cfncluster-node
+case "$role" in
+    # The head node runs slurmctld, exports the shared volume and builds the scratch RAID.
+    head) unit=cfncluster-node.service
+          debs="python3 python3-venv slurmctld slurm-client munge mdadm e2fsprogs xfsprogs nfs-kernel-server nvme-cli" ;;
+    compute) unit=cfncluster-compute.service
+          debs="python3 python3-venv slurmd slurm-client munge nfs-common" ;;
+    *) echo "install.sh: --role head or --role compute" >&2; exit 2 ;;
+esac
+if [ "$list" = yes ]; then echo "$debs"; exit 0; fi
+[ -d "$from/wheels" ] || { echo "install.sh: $from/wheels not found: run make dist" >&2; exit 2; }
+
+if [ "$packages" = yes ]; then
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $debs
+fi
+
+python3 -m venv "$prefix"
+"$prefix/bin/pip" install --quiet --no-index --find-links "$from/wheels" --upgrade cfncluster-node
+install -m 0644 "$from/systemd/$unit" /etc/systemd/system/
+mkdir -p /etc/cfncluster
+# Enabled, but it waits for its config: the stack's user data writes it, then starts it.
+systemctl enable "$unit"
+echo "install.sh: cfncluster-node $("$prefix/bin/cfncluster-node" --version) installed as $unit"
