@@ -36,11 +36,13 @@ zstd -q -dc "$base/rootfs.tar.zst" | tar -x -C "$root"
 cp -r "$repo/dist" "$root/tmp/dist"
 mount -t proc proc "$root/proc"
 mount --bind /dev "$root/dev"
-chroot "$root" bash /tmp/dist/install.sh --role head --from /tmp/dist --no-packages
+# A clean environment, as on a fresh instance: none of this machine's pip settings.
+chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    bash /tmp/dist/install.sh --role head --from /tmp/dist --no-packages
 umount "$root/proc" "$root/dev"
 rm -rf "$root/tmp/dist"
 cp -r "$here/guest/." "$root/"
-chroot "$root" systemctl enable --quiet slurmctld.service vmtest.service
+chroot "$root" systemctl enable --quiet systemd-networkd.service slurmctld.service vmtest.service
 mkfs.ext4 -q -F -L root -d "$root" "$work/root.img" 3G
 say "image ready after $((SECONDS - started)) s"
 
