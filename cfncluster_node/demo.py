@@ -216,7 +216,7 @@ class Demo:
                 state = "busy" if host.busy else ("idle" if host.available else "draining")
                 hosts[state] = hosts.get(state, 0) + 1
             self.snapshot.hosts = hosts
-            self.snapshot.jobs = await asyncio.to_thread(self._jobs)
+            self.snapshot.jobs = await asyncio.to_thread(self.jobs)
             self.snapshot.instances = len(fleet.running)
             described = await self.aws.call(
                 "autoscaling",
@@ -229,7 +229,7 @@ class Demo:
             self.snapshot.dead_letters = await queue_depth(self.aws, outputs["DeadLetterQueueUrl"])
             await asyncio.sleep(0.5)
 
-    def _jobs(self) -> dict[str, int]:
+    def jobs(self) -> dict[str, int]:
         listed = self.slurm.squeue("-h", "-o", "%T").split()
         pending = listed.count("PENDING")
         return {
@@ -330,7 +330,7 @@ async def run(
             deleted = await stacks.delete(STACK)
             volume = created.outputs["SharedVolume"]
             kept = await aws.call("ec2", "describe_volumes", VolumeIds=[volume])
-            jobs = await asyncio.to_thread(demo._jobs)
+            jobs = await asyncio.to_thread(demo.jobs)
             return Summary(
                 jobs_submitted=scenario.jobs,
                 jobs_completed=jobs["done"],

@@ -14,12 +14,14 @@ TEMPLATE = ROOT / "packer" / "cfncluster-node.pkr.hcl"
 
 
 @pytest.mark.parametrize("variables", [[], ["-var", 'ami_regions=["eu-west-1","us-west-2"]']])
-def test_packer_validate_passes(variables: list[str]) -> None:
+def test_packer_validate_passes(variables: list[str], tmp_path: Path) -> None:
+    # Packer checks that the images' source, dist/ (`make dist`), is there.
+    (tmp_path / "dist").mkdir()
     result = subprocess.run(
         ["packer", "validate", *variables, str(TEMPLATE)],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=tmp_path,
         env={**os.environ, "CHECKPOINT_DISABLE": "1"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
