@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SYSTEM_PACKAGES := slurm-wlm munge e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server iproute2 packer
+SYSTEM_PACKAGES := slurm-wlm munge gridengine-master gridengine-client gridengine-exec \
+	e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server iproute2 packer
 VM_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap zstd
 
 .PHONY: install system-deps vm-deps test vmtest dist demo bench lint clean
@@ -24,7 +25,12 @@ define apt_install
 	fi
 endef
 
+# gridengine's postinst builds a cell from these answers; the tests' qmaster has its own.
 system-deps:
+	@for p in gridengine-common gridengine-client gridengine-master; do \
+		printf '%s shared/gridenginemaster string %s\n%s shared/gridenginecell string default\n%s shared/gridengineconfig boolean true\n' \
+			$$p "$$(hostname)" $$p $$p; \
+	done | debconf-set-selections
 	$(call apt_install,$(SYSTEM_PACKAGES))
 
 vm-deps:

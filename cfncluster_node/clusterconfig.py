@@ -14,7 +14,7 @@ from typing import Literal, Self
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, model_validator
 
 from cfncluster_node import config
-from cfncluster_node.config import SchedulerName, Section
+from cfncluster_node.config import Section
 
 _AMI = r"^ami-[0-9a-f]{8,17}$"
 _INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
@@ -22,7 +22,9 @@ _INSTANCE_TYPE = r"^[a-z][a-z0-9-]*\.[a-z0-9]+$"
 
 class ClusterSection(Section):
     region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
-    scheduler: SchedulerName = "slurm"
+    # The AMIs (packer/) bake Slurm; an SGE head node runs the same daemons
+    # (``[cluster] scheduler = "sge"`` in node.toml) on an image of its own.
+    scheduler: Literal["slurm"] = "slurm"
     # An EC2 key pair for SSH to the nodes; none: reach them through SSM or not at all.
     key_name: str | None = Field(default=None, min_length=1, max_length=255)
     # Where the launcher uploads templates; default: cfncluster-node-ACCOUNT-REGION.

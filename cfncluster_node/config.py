@@ -19,7 +19,7 @@ DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
 ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
 
 ServiceName = Literal["sqswatcher", "publisher", "reconciler", "scalein"]
-SchedulerName = Literal["slurm"]
+SchedulerName = Literal["slurm", "sge"]
 
 
 class ConfigError(Exception):
@@ -98,6 +98,26 @@ class SlurmSettings(Section):
     command_timeout: StrictFloat = Field(default=30.0, gt=0)
 
 
+class SgeSettings(Section):
+    # $SGE_ROOT of every command (none: the environment's; Debian's commands default to
+    # /var/lib/gridengine), and $SGE_CELL.
+    root: Path | None = None
+    cell: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]+$")
+    # Compute hosts join this host group, which must be in the queue's hostlist: that
+    # makes each one an execution host with an instance of the queue. The queue's own
+    # slots must not be the limit: each host's slots are its execution host's
+    # ``complex_values slots=N``.
+    queue: str = Field(default="all.q", pattern=r"^[A-Za-z0-9_.-]+$")
+    host_group: str = Field(default="@allhosts", pattern=r"^@[A-Za-z0-9_.-]+$")
+    # On Debian, /usr/lib/gridengine: the binaries themselves, without the /usr/bin
+    # wrappers' 70 ms of shell per call.
+    bin_dir: Path | None = None
+    # Every command runs through this prefix when it is set, e.g. ``nsenter`` into the
+    # qmaster's namespaces.
+    wrapper: list[str] = Field(default_factory=list)
+    command_timeout: StrictFloat = Field(default=30.0, gt=0)
+
+
 class SupervisorSettings(Section):
     services: list[ServiceName] = Field(default=["sqswatcher"], min_length=1)
     stop_timeout: StrictFloat = Field(default=30.0, gt=0)
@@ -145,6 +165,7 @@ class Config(Section):
     scalein: ScaleInSettings = ScaleInSettings()
     storage: StorageSettings = StorageSettings()
     slurm: SlurmSettings = SlurmSettings()
+    sge: SgeSettings = SgeSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
     logging: LoggingSettings = LoggingSettings()
 

@@ -3,6 +3,8 @@
 - ``moto``: moto's HTTP server in its own process; this process's AWS clients reach it
   through ``AWS_ENDPOINT_URL``, exactly as in production.
 - ``slurm``: a private slurmctld (Debian's slurm-wlm) with its own slurm.conf and ports.
+- ``sge``: a private Grid Engine qmaster (Debian's gridengine) in namespaces of its own.
+- ``scheduler``: each backend in turn, on its real scheduler (the contract suite).
 - ``compute_node``: one compute group instance, joined, with a real slurmd.
 - ``attach`` / ``loop_device``: loop devices over sparse files, detached afterwards.
 - ``metadata_service``: a per-instance IMDSv2 stub.
@@ -33,9 +35,12 @@ from cfncluster_node.localaws import (
     create_cluster_resources,
     create_compute_group,
 )
+from cfncluster_node.localsge import LocalSge
 from cfncluster_node.localslurm import LocalSlurm
 from cfncluster_node.messages import EventKind, InstanceEvent
 from cfncluster_node.registry import Registry
+from cfncluster_node.schedulers import Scheduler
+from cfncluster_node.schedulers.sge import Sge
 from cfncluster_node.schedulers.slurm import Slurm
 from tests import privilege
 from tests.clusters import CLUSTER_CONFIG
@@ -101,6 +106,36 @@ def local_slurm() -> Iterator[LocalSlurm]:
 def slurm(local_slurm: LocalSlurm) -> LocalSlurm:
     local_slurm.reset()
     return local_slurm
+
+
+@pytest.fixture(scope="session")
+def local_sge() -> Iterator[LocalSge]:
+    # Not under pytest's tmp_path: the qmaster runs as sgeadmin, who cannot enter it.
+    root = Path(tempfile.mkdtemp(prefix="cfncluster-sge-", dir="/var/tmp"))
+    try:
+        with LocalSge(root) as sge:
+            yield sge
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def sge(local_sge: LocalSge) -> LocalSge:
+    local_sge.reset()
+    return local_sge
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("slurm", marks=pytest.mark.slurm),
+        pytest.param("sge", marks=pytest.mark.sge),
+    ]
+)
+def scheduler(request: pytest.FixtureRequest) -> Scheduler:
+    """Each backend in turn, on its real scheduler, emptied first."""
+    if request.param == "sge":
+        return Sge(request.getfixturevalue("sge").settings)
+    return Slurm(request.getfixturevalue("slurm").settings)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ that is there, or removing one that is not, succeeds and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -17,6 +18,24 @@ from cfncluster_node.config import Config
 
 class SchedulerError(Exception):
     """A scheduler command failed; the message says which and why."""
+
+
+# RFC 1123 labels, dot-separated: nothing a command line could read as an option, a list,
+# a wildcard or a group (``-x``, ``a,b``, ``*``, ``@allhosts``).
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
+def checked_hostnames(names: Iterable[str]) -> list[str]:
+    """``names`` without duplicates, in order; SchedulerError if one is not a hostname.
+
+    The messages' parser validates hostnames already; this guards the command line
+    against any other caller.
+    """
+    unique = list(dict.fromkeys(names))
+    bad = [name for name in unique if len(name) > 253 or not _HOSTNAME.fullmatch(name)]
+    if bad:
+        raise SchedulerError(f"not a hostname: {', '.join(repr(name)[:80] for name in bad)}")
+    return unique
 
 
 @dataclass(frozen=True)
@@ -92,3 +111,7 @@ def create(config: Config) -> Scheduler:
             from cfncluster_node.schedulers.slurm import Slurm
 
             return Slurm(config.slurm)
+        case "sge":
+            from cfncluster_node.schedulers.sge import Sge
+
+            return Sge(config.sge)

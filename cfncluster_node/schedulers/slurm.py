@@ -23,6 +23,7 @@ from cfncluster_node.schedulers import (
     Jobs,
     PendingJob,
     SchedulerError,
+    checked_hostnames,
 )
 from cfncluster_node.schedulers.hostlist import compress
 
@@ -141,6 +142,7 @@ class Slurm:
         ]
 
     async def add_hosts(self, hosts: Sequence[Host]) -> None:
+        checked_hostnames(host.hostname for host in hosts)
         wanted = {host.hostname: host for host in hosts}
         if not wanted:
             return
@@ -180,6 +182,7 @@ class Slurm:
             await self._run("scontrol", "update", f"NodeName={compress(resume)}", "State=RESUME")
 
     async def drain_hosts(self, hostnames: Sequence[str], reason: str) -> None:
+        hostnames = checked_hostnames(hostnames)
         if hostnames:
             await self._run(
                 "scontrol",
@@ -190,10 +193,12 @@ class Slurm:
             )
 
     async def resume_hosts(self, hostnames: Sequence[str]) -> None:
+        hostnames = checked_hostnames(hostnames)
         if hostnames:
             await self._run("scontrol", "update", f"NodeName={compress(hostnames)}", "State=RESUME")
 
     async def remove_hosts(self, hostnames: Sequence[str]) -> None:
+        hostnames = checked_hostnames(hostnames)
         current = await self._nodes()
         await self._delete(hostnames, current, reason="cfncluster-node: instance gone")
 

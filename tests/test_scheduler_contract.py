@@ -1,0 +1,239 @@
+"""The contract every scheduler backend keeps (schedulers/__init__.py), on the real thing.
+
+Each test runs once per backend: Slurm against a private slurmctld, SGE against a private
+qmaster. Where work must really run, the host gets a real daemon (slurmd, execd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from cfncluster_node import commands
+from cfncluster_node.localsge import LocalSge
+from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.schedulers import Holdup, Host, HostStatus, Jobs, Scheduler
+from tests.conftest import CPUS
+
+
+def hosts(count: int, *, slots: int = 4, start: int = 1) -> list[Host]:
+    # Names the private qmaster resolves (LocalSge.address); addresses for Slurm's NodeAddr.
+    return [
+        Host(f"ip-10-2-{n // 256}-{n % 256}", slots, f"127.2.{n // 256}.{n % 256}")
+        for n in range(start, start + count)
+    ]
+
+
+# The host a real daemon serves: slurmd listens on 127.0.0.1, the execd in a namespace.
+NODE = Host("ip-10-3-0-1", CPUS, "127.0.0.1")
+
+
+@dataclass
+class Cluster:
+    """A backend, and what a test does to its scheduler behind its back."""
+
+    backend: Scheduler
+    #: Submit a job sleeping long: its slots on one host, held, or after another job.
+    submit: Callable[..., str]
+    #: Start a real daemon for a registered host, so its jobs run.
+    boot: Callable[[Host], None]
+
+    async def listed(self) -> dict[str, HostStatus]:
+        return {host.hostname: host for host in await self.backend.list_hosts()}
+
+    async def eventually(self, what: str, check: Callable[[Jobs], bool]) -> Jobs:
+        deadline = time.monotonic() + 30
+        while not check(jobs := await self.backend.jobs()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never {what}: {jobs}")
+            await asyncio.sleep(0.2)
+        return jobs
+
+
+@pytest.fixture
+def cluster(scheduler: Scheduler, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    if scheduler.name == "sge":
+        sge: LocalSge = request.getfixturevalue("sge")
+
+        def qsub(*, slots: int = 1, held: bool = False, after: str | None = None) -> str:
+            options = [
+                *(["-h"] if held else []),
+                *(["-hold_jid", after] if after else []),
+                *(["-pe", "smp", str(slots)] if slots > 1 else []),
+            ]
+            return sge.qsub(*options, "-b", "y", "sleep", "600")
+
+        yield Cluster(scheduler, qsub, lambda host: sge.start_execd(host.hostname))
+        sge.stop_execds()
+    else:
+        slurm: LocalSlurm = request.getfixturevalue("slurm")
+
+        def sbatch(*, slots: int = 1, held: bool = False, after: str | None = None) -> str:
+            options = [
+                *(["--hold"] if held else []),
+                *([f"--dependency=afterok:{after}"] if after else []),
+                *("-N", "1", "-n", str(slots)),
+            ]
+            return slurm.sbatch(*options, "--wrap", "sleep 600")
+
+        yield Cluster(scheduler, sbatch, lambda host: slurm.start_slurmd(host.hostname, host.slots))
+        slurm.stop_slurmds()
+
+
+@pytest.fixture
+def ran(monkeypatch: pytest.MonkeyPatch) -> list[Sequence[str]]:
+    """Every command a backend runs."""
+    argvs: list[Sequence[str]] = []
+    real = commands.run
+
+    async def recording(argv: Sequence[str], **options: Any) -> commands.CommandResult:
+        argvs.append(argv)
+        return await real(argv, **options)
+
+    monkeypatch.setattr(commands, "run", recording)
+    return argvs
+
+
+async def test_adding_a_batch_twice_registers_each_host_once_with_its_slots(
+    cluster: Cluster,
+) -> None:
+    batch = [*hosts(3), Host("ip-10-2-3-200", 8, "127.2.3.200")]
+
+    await cluster.backend.add_hosts(batch)
+    await cluster.backend.add_hosts(batch)
+
+    listed = await cluster.listed()
+    assert {name: host.slots for name, host in listed.items()} == {
+        h.hostname: h.slots for h in batch
+    }
+    assert not any(host.busy for host in listed.values())
+
+
+async def test_a_host_that_comes_back_with_other_slots_gets_them(cluster: Cluster) -> None:
+    await cluster.backend.add_hosts(hosts(1, slots=4))
+
+    await cluster.backend.add_hosts(hosts(1, slots=16))
+
+    [host] = await cluster.backend.list_hosts()
+    assert host.slots == 16
+
+
+async def test_removing_hosts_that_are_not_there_succeeds_and_changes_nothing(
+    cluster: Cluster,
+) -> None:
+    await cluster.backend.remove_hosts(["ip-10-2-0-99"])
+    await cluster.backend.add_hosts(hosts(2))
+
+    await cluster.backend.remove_hosts(["ip-10-2-0-1", "ip-10-2-0-77"])
+    await cluster.backend.remove_hosts(["ip-10-2-0-1"])
+
+    assert list(await cluster.listed()) == ["ip-10-2-0-2"]
+
+
+async def test_two_hundred_hosts_come_and_go_in_a_few_commands(
+    cluster: Cluster, ran: list[Sequence[str]]
+) -> None:
+    batch = hosts(200)
+
+    await cluster.backend.add_hosts(batch)
+    added = len(ran)
+    assert len(await cluster.backend.list_hosts()) == 200
+    ran.clear()
+    await cluster.backend.remove_hosts([host.hostname for host in batch])
+    removed = len(ran)
+
+    assert await cluster.backend.list_hosts() == []
+    assert max(added, removed) <= 8, ran
+
+
+async def test_pending_jobs_say_their_slots_and_why_they_wait(cluster: Cluster) -> None:
+    wide = cluster.submit(slots=2)  # no host yet: it waits for one
+    held = cluster.submit(held=True)
+    waiting = cluster.submit(after=held)
+
+    jobs = await cluster.backend.jobs()
+
+    assert jobs.running == 0
+    assert {job.job_id: (job.nodes, job.slots, job.holdup) for job in jobs.pending} == {
+        wide: (1, 2, Holdup.NONE),
+        held: (1, 1, Holdup.HELD),
+        waiting: (1, 1, Holdup.DEPENDENCY),
+    }
+
+
+async def test_hosts_say_their_slots_and_whether_they_are_busy(cluster: Cluster) -> None:
+    idle = hosts(1)[0]
+    await cluster.backend.add_hosts([NODE, idle])
+    cluster.boot(NODE)
+    ready = await cluster.listed()
+
+    cluster.submit()
+    await cluster.eventually("running", lambda jobs: jobs.running == 1)
+
+    listed = await cluster.listed()
+    node = listed[NODE.hostname]
+    assert (node.slots, node.busy, node.available, node.idle_since) == (CPUS, True, True, None)
+    assert node.state and node.state != ready[NODE.hostname].state
+    assert isinstance(ready[NODE.hostname].idle_since, datetime)
+    assert (listed[idle.hostname].slots, listed[idle.hostname].busy) == (idle.slots, False)
+
+
+async def test_a_drained_host_keeps_its_job_takes_no_other_until_resumed(
+    cluster: Cluster,
+) -> None:
+    if CPUS < 2:
+        pytest.skip("two one-slot jobs on one host need two CPUs")
+    await cluster.backend.add_hosts([NODE])
+    cluster.boot(NODE)
+    cluster.submit()
+    await cluster.eventually("running", lambda jobs: jobs.running == 1)
+
+    await cluster.backend.drain_hosts([NODE.hostname], "maintenance")
+    second = cluster.submit()
+    await asyncio.sleep(2.5)  # both schedulers place a job well within this
+
+    jobs = await cluster.backend.jobs()
+    assert (jobs.running, [job.job_id for job in jobs.pending]) == (1, [second])
+    [drained] = await cluster.backend.list_hosts()
+    assert (drained.available, drained.busy) == (False, True)
+
+    await cluster.backend.resume_hosts([NODE.hostname])
+
+    await cluster.eventually("both running", lambda jobs: jobs.running == 2)
+    [resumed] = await cluster.backend.list_hosts()
+    assert resumed.available
+
+
+async def test_a_drained_host_that_joins_again_takes_work(cluster: Cluster) -> None:
+    await cluster.backend.add_hosts([NODE])
+    cluster.boot(NODE)
+    await cluster.backend.drain_hosts([NODE.hostname], "scaling in")
+    [drained] = await cluster.backend.list_hosts()
+
+    await cluster.backend.add_hosts([NODE])
+    cluster.submit()
+
+    await cluster.eventually("running", lambda jobs: jobs.running == 1)
+    [joined] = await cluster.backend.list_hosts()
+    assert (drained.available, joined.available) == (False, True)
+
+
+async def test_removing_a_busy_host_puts_its_job_back_in_the_queue(cluster: Cluster) -> None:
+    await cluster.backend.add_hosts([NODE])
+    cluster.boot(NODE)
+    job = cluster.submit()
+    await cluster.eventually("running", lambda jobs: jobs.running == 1)
+
+    await cluster.backend.remove_hosts([NODE.hostname])
+
+    assert await cluster.backend.list_hosts() == []
+    await cluster.eventually(
+        "requeued",
+        lambda jobs: jobs.running == 0 and [pending.job_id for pending in jobs.pending] == [job],
+    )
