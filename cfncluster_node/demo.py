@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import tempfile
@@ -34,7 +33,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from cfncluster_node import config, launcher, logs, readiness, services, supervisor
+from cfncluster_node import config, group, launcher, logs, readiness, services, supervisor
 from cfncluster_node.aws import Aws
 from cfncluster_node.clusterconfig import ClusterConfig
 from cfncluster_node.config import AwsSettings, Config, StorageSettings
@@ -44,7 +43,6 @@ from cfncluster_node.localaws import MotoServer, metadata_service, queue_depth
 from cfncluster_node.localslurm import ComputeNodes, LocalSlurm, SlurmUnavailable
 from cfncluster_node.schedulers import Scheduler
 from cfncluster_node.schedulers.slurm import Slurm
-from cfncluster_node.template import HEAD_NODE
 
 REGION = "us-east-1"
 STACK = "demo"
@@ -170,13 +168,7 @@ class Demo:
             await asyncio.sleep(0.05)
         text = await stacks.node_config(STACK)
         settings = on_this_machine(config.parse(text, source="user data"), self.slurm, scenario)
-        head = await self.aws.call(
-            "cloudformation",
-            "describe_stack_resource",
-            StackName=STACK,
-            LogicalResourceId=HEAD_NODE,
-        )
-        identity = {"instance-id": head["StackResourceDetail"]["PhysicalResourceId"]}
+        identity = {"instance-id": await stacks.head_node_id(STACK)}
         async with metadata_service(identity) as url:
             os.environ[IMDS_ENV] = url
             registry = services.build_registry(settings, self.aws)
@@ -218,12 +210,9 @@ class Demo:
             self.snapshot.hosts = hosts
             self.snapshot.jobs = await asyncio.to_thread(self.jobs)
             self.snapshot.instances = len(fleet.running)
-            described = await self.aws.call(
-                "autoscaling",
-                "describe_auto_scaling_groups",
-                AutoScalingGroupNames=[outputs["ComputeGroup"]],
-            )
-            self.snapshot.desired = described["AutoScalingGroups"][0]["DesiredCapacity"]
+            self.snapshot.desired = (
+                await group.describe(self.aws, outputs["ComputeGroup"])
+            ).desired
             self.snapshot.alarms = dict(alarms.states)
             self.snapshot.queued = await queue_depth(self.aws, outputs["QueueUrl"])
             self.snapshot.dead_letters = await queue_depth(self.aws, outputs["DeadLetterQueueUrl"])
@@ -284,12 +273,9 @@ async def run(
             if not created.ok:
                 raise DemoError("the stack was not created")
             demo.snapshot.stack = created.status
-            template = await aws.call("cloudformation", "get_template", StackName=STACK)
-            body = template["TemplateBody"]
-            rendered = json.loads(body) if isinstance(body, str) else body
             alarms = Alarms(
                 aws,
-                alarms_of(rendered, STACK),
+                alarms_of(await stacks.deployed_template(STACK), STACK),
                 created.outputs["ComputeGroup"],
                 scenario.period_s,
                 demo.journal,

@@ -74,10 +74,9 @@ def check_name(name: str) -> str:
     return name
 
 
-def interrupts_head_node(deployed: str | dict[str, Any], wanted: dict[str, Any]) -> bool:
+def interrupts_head_node(deployed: dict[str, Any], wanted: dict[str, Any]) -> bool:
     """Whether an update changes the head node itself (its user data: stop and start)."""
-    body = json.loads(deployed) if isinstance(deployed, str) else deployed
-    before = body.get("Resources", {}).get(template.HEAD_NODE)
+    before = deployed.get("Resources", {}).get(template.HEAD_NODE)
     return before is not None and before != wanted["Resources"][template.HEAD_NODE]
 
 
@@ -131,8 +130,7 @@ class Launcher:
         if current is None:
             raise AwsError("cloudformation", "update_stack", "ValidationError", f"no stack {name}")
         seen = {e["EventId"] for e in await self._events(current.stack_id)}
-        deployed = await self._aws.call("cloudformation", "get_template", StackName=name)
-        if interrupts_head_node(deployed["TemplateBody"], template.render(cluster)):
+        if interrupts_head_node(await self.deployed_template(name), template.render(cluster)):
             self._console.print(
                 "[yellow]warning:[/] this changes the head node's user data: CloudFormation "
                 "stops and starts the head node to apply it"
@@ -167,17 +165,30 @@ class Launcher:
         self._console.print(f"[bold]deleting[/] {name}")
         return await self.watch(current.stack_id, seen=seen)
 
-    async def node_config(self, name: str) -> str:
-        """The node.toml the stack gave its head node (in its user data), as filled in."""
+    async def deployed_template(self, name: str) -> dict[str, Any]:
+        response = await self._aws.call("cloudformation", "get_template", StackName=name)
+        body = response["TemplateBody"]
+        # The SDK hands a JSON template over already parsed, other bodies as text.
+        parsed: dict[str, Any] = json.loads(body) if isinstance(body, str) else body
+        return parsed
+
+    async def head_node_id(self, name: str) -> str:
         resource = await self._aws.call(
             "cloudformation",
             "describe_stack_resource",
             StackName=name,
             LogicalResourceId=template.HEAD_NODE,
         )
-        instance_id = resource["StackResourceDetail"]["PhysicalResourceId"]
+        instance_id: str = resource["StackResourceDetail"]["PhysicalResourceId"]
+        return instance_id
+
+    async def node_config(self, name: str) -> str:
+        """The node.toml the stack gave its head node (in its user data), as filled in."""
         user_data = await self._aws.call(
-            "ec2", "describe_instance_attribute", InstanceId=instance_id, Attribute="userData"
+            "ec2",
+            "describe_instance_attribute",
+            InstanceId=await self.head_node_id(name),
+            Attribute="userData",
         )
         script = base64.b64decode(user_data["UserData"]["Value"]).decode()
         return template.node_config_in(script)

@@ -287,27 +287,28 @@ def node_config(cluster: ClusterConfig) -> str:
     return "\n".join(lines)
 
 
-_NODE_TOML_START = f"cat > {NODE_CONFIG_PATH} <<'NODE_TOML'\n"
-_NODE_TOML_END = "\nNODE_TOML\n"
+_NODE_TOML_START = f"cat > {NODE_CONFIG_PATH} <<'NODE_TOML'"
+_NODE_TOML_END = "NODE_TOML"
 
 
 def node_config_in(user_data: str) -> str:
     """The node.toml inside a head node's user data script."""
-    return user_data.split(_NODE_TOML_START, 1)[1].split(_NODE_TOML_END, 1)[0] + "\n"
+    after = user_data.split(f"{_NODE_TOML_START}\n", 1)[1]
+    return after.split(f"\n{_NODE_TOML_END}\n", 1)[0] + "\n"
+
+
+def _script(*lines: str) -> str:
+    return "\n".join(["#!/bin/bash", "set -euo pipefail", *lines, ""])
 
 
 def _head_node_user_data(cluster: ClusterConfig) -> str:
-    return "".join(
-        [
-            "#!/bin/bash\n",
-            "set -euo pipefail\n",
-            f"mkdir -p {NODE_CONFIG_PATH.rsplit('/', 1)[0]}\n",
-            _NODE_TOML_START,
-            node_config(cluster).rstrip("\n"),
-            _NODE_TOML_END,
-            # The unit signals CloudFormation itself, success or failure (creation policy).
-            "systemctl enable --now cfncluster-node.service\n",
-        ]
+    return _script(
+        f"mkdir -p {NODE_CONFIG_PATH.rsplit('/', 1)[0]}",
+        _NODE_TOML_START,
+        node_config(cluster).rstrip("\n"),
+        _NODE_TOML_END,
+        # The unit signals CloudFormation itself, success or failure (creation policy).
+        "systemctl enable --now cfncluster-node.service",
     )
 
 
@@ -369,19 +370,14 @@ def _shared_volume(cluster: ClusterConfig) -> Json:
 
 
 def _compute_user_data() -> str:
-    return "\n".join(
-        [
-            "#!/bin/bash",
-            "set -euo pipefail",
-            f"cat > {COMPUTE_ENV_PATH} <<'COMPUTE_ENV'",
-            "CFNCLUSTER_QUEUE_URL=${Queue}",
-            "AWS_REGION=${AWS::Region}",
-            "CFNCLUSTER_HEAD_NODE=${HeadNode.PrivateIp}",
-            "COMPUTE_ENV",
-            # Announces ready now and leave at shutdown (systemd/cfncluster-compute.service).
-            "systemctl enable --now cfncluster-compute.service",
-            "",
-        ]
+    return _script(
+        f"cat > {COMPUTE_ENV_PATH} <<'COMPUTE_ENV'",
+        "CFNCLUSTER_QUEUE_URL=${Queue}",
+        "AWS_REGION=${AWS::Region}",
+        "CFNCLUSTER_HEAD_NODE=${HeadNode.PrivateIp}",
+        "COMPUTE_ENV",
+        # Announces ready now and leave at shutdown (systemd/cfncluster-compute.service).
+        "systemctl enable --now cfncluster-compute.service",
     )
 
 

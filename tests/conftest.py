@@ -91,15 +91,21 @@ def moto(moto_server: MotoServer) -> MotoServer:
     return moto_server
 
 
-@pytest.fixture(scope="session")
-def local_slurm() -> Iterator[LocalSlurm]:
-    # Not under pytest's tmp_path: slurmctld runs as the slurm user, who cannot enter it.
-    root = Path(tempfile.mkdtemp(prefix="cfncluster-slurm-", dir="/var/tmp"))
+@contextlib.contextmanager
+def daemon_root(prefix: str) -> Iterator[Path]:
+    # Not under pytest's tmp_path: the daemons run as their own users (slurm, sgeadmin),
+    # who cannot enter it.
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     try:
-        with LocalSlurm(root) as slurm:
-            yield slurm
+        yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_slurm() -> Iterator[LocalSlurm]:
+    with daemon_root("cfncluster-slurm-") as root, LocalSlurm(root) as slurm:
+        yield slurm
 
 
 @pytest.fixture
@@ -110,13 +116,8 @@ def slurm(local_slurm: LocalSlurm) -> LocalSlurm:
 
 @pytest.fixture(scope="session")
 def local_sge() -> Iterator[LocalSge]:
-    # Not under pytest's tmp_path: the qmaster runs as sgeadmin, who cannot enter it.
-    root = Path(tempfile.mkdtemp(prefix="cfncluster-sge-", dir="/var/tmp"))
-    try:
-        with LocalSge(root) as sge:
-            yield sge
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    with daemon_root("cfncluster-sge-") as root, LocalSge(root) as sge:
+        yield sge
 
 
 @pytest.fixture

@@ -66,14 +66,8 @@ async def head_node_comes_up(
     settings = config.parse(text, source="user data").model_copy(
         update={"slurm": slurm.settings, "storage": StorageSettings.model_validate(storage)}
     )
-    head = await aws.call(
-        "cloudformation",
-        "describe_stack_resource",
-        StackName=name,
-        LogicalResourceId=template.HEAD_NODE,
-    )
     os.environ[imds.IMDS_ENV] = await metadata_service(
-        {"instance-id": head["StackResourceDetail"]["PhysicalResourceId"]}
+        {"instance-id": await launcher.Launcher(aws, REGION, console()).head_node_id(name)}
     )
     await readiness.bring_up(settings, aws, services.build_registry(settings, aws))
     return settings
@@ -264,7 +258,7 @@ def toml_of(cluster: ClusterConfig) -> str:
 def test_an_update_that_changes_the_head_node_is_told_before_it_happens() -> None:
     from tests.clusters import cluster_config
 
-    deployed = template.to_json(template.render(cluster_config()))
+    deployed = template.render(cluster_config())
     resized = template.render(cluster_config(compute={"max_size": 50}))
     slower = template.render(cluster_config(scaling={"idle_minutes": 30}))
     assert not launcher.interrupts_head_node(deployed, resized)
