@@ -6,7 +6,7 @@ SYSTEM_PACKAGES := slurm-wlm munge gridengine-master gridengine-client gridengin
 	e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server iproute2 packer
 VM_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap zstd
 
-.PHONY: install system-deps vm-deps test vmtest dist demo bench lint clean
+.PHONY: install system-deps vm-deps test test-fast vmtest dist demo bench lint clean
 
 install: $(VENV)/.installed
 
@@ -36,15 +36,20 @@ system-deps:
 vm-deps:
 	$(call apt_install,$(VM_PACKAGES))
 
-# The suite, then the full-system boot test: CI runs exactly this.
-test: install system-deps
+# Lint, the suite, then the full-system boot test: CI runs exactly this.
+test: lint system-deps
 	$(BIN)/pytest -q
 	$(MAKE) vmtest
+
+# The pure core alone, in seconds: no root, no daemons, nothing to install but the venv.
+test-fast: install
+	$(BIN)/pytest -q -m pure
 
 # What Packer bakes into the AMIs: the project's wheel and every dependency's, the units
 # and the install script.
 dist: install
-	rm -rf dist
+	# A stale build/ would carry modules since removed or excluded (the playground).
+	rm -rf build dist
 	$(BIN)/pip wheel --quiet --wheel-dir dist/wheels .
 	cp -r systemd packer/install.sh dist/
 
@@ -56,12 +61,12 @@ demo: install system-deps
 	$(BIN)/cfncluster-node demo
 
 bench: install system-deps
-	$(BIN)/python -m tests.bench
-	$(BIN)/python -m tests.bench_fleet
+	$(BIN)/python -m bench.watcher
+	$(BIN)/python -m bench.fleet
 
 lint: install
-	$(BIN)/ruff check cfncluster_node tests
-	$(BIN)/ruff format --check cfncluster_node tests
+	$(BIN)/ruff check cfncluster_node tests bench
+	$(BIN)/ruff format --check cfncluster_node tests bench
 	$(BIN)/mypy cfncluster_node
 
 clean:

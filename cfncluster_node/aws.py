@@ -9,7 +9,7 @@ and the benchmarks reach moto's server through exactly the production code path.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
@@ -78,22 +78,42 @@ class Aws:
 
     async def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
         """Call ``operation`` (snake_case) and turn any SDK failure into AwsError."""
+        client = await self._observed(service, operation, params)
+        with _as_aws_error(service, operation):
+            response: dict[str, Any] = await getattr(client, operation)(**params)
+        return response
+
+    async def pages(
+        self, service: str, operation: str, **params: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every page of a paginated ``operation``, through botocore's paginator (which
+        knows each API's own token and truncation keys)."""
+        client = await self._observed(service, operation, params)
+        with _as_aws_error(service, operation):
+            async for page in client.get_paginator(operation).paginate(**params):
+                yield page
+
+    async def _observed(self, service: str, operation: str, params: dict[str, Any]) -> Any:
         client = await self.client(service)
         if observers:
             api = client.meta.method_to_api_mapping.get(operation, operation)
             for observer in observers:
                 observer(self._region, service, api, params)
-        try:
-            response: dict[str, Any] = await getattr(client, operation)(**params)
-        except ClientError as exc:
-            error = exc.response.get("Error", {})
-            raise AwsError(
-                service,
-                operation,
-                str(error.get("Code", "Unknown")),
-                str(error.get("Message", exc)),
-            ) from exc
-        except (BotoCoreError, ResponseParserError) as exc:
-            # A parser error is a reply that is not the API's (an HTML 500 page).
-            raise AwsError(service, operation, type(exc).__name__, str(exc)) from exc
-        return response
+        return client
+
+
+@contextlib.contextmanager
+def _as_aws_error(service: str, operation: str) -> Iterator[None]:
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise AwsError(
+            service,
+            operation,
+            str(error.get("Code", "Unknown")),
+            str(error.get("Message", exc)),
+        ) from exc
+    except (BotoCoreError, ResponseParserError) as exc:
+        # A parser error is a reply that is not the API's (an HTML 500 page).
+        raise AwsError(service, operation, type(exc).__name__, str(exc)) from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -13,30 +14,30 @@ from typing import Any
 
 from rich.console import Console
 
-from cfncluster_node import (
-    __version__,
+from cfncluster_node import __version__, config, imds, logs, protocol
+from cfncluster_node.aws import Aws, AwsError
+from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
+from cfncluster_node.node import (
     announce,
-    clusterconfig,
-    config,
-    imds,
-    launcher,
-    logs,
-    messages,
+    drift,
     readiness,
     reconciler,
     services,
     status,
     supervisor,
 )
-from cfncluster_node.aws import Aws, AwsError
-from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
 from cfncluster_node.schedulers import SchedulerError
+from cfncluster_node.stack import clusterconfig, launcher
 from cfncluster_node.storage import StorageError, setup
 from cfncluster_node.storage.plan import Step
 
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+
+
+class DemoUnavailable(Exception):
+    """The demo cannot run on this installation; the message says what to install."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StorageError,
         announce.AnnounceError,
         imds.MetadataError,
+        DemoUnavailable,
     ) as exc:
         print(f"cfncluster-node: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -283,14 +285,17 @@ def _status(args: argparse.Namespace) -> int:
         now = datetime.now(UTC)
         join_timeout = timedelta(seconds=settings.reconciler.join_timeout)
         return status.fleet_rows(
-            seen, reconciler.diagnose(seen, now=now, join_timeout=join_timeout), now
+            seen, drift.diagnose(seen, now=now, join_timeout=join_timeout), now
         )
 
     rows = asyncio.run(main())
+    health = status.read_health(settings.supervisor.health_file)
     if args.json:
-        print(status.as_json(rows))
+        print(status.as_json(rows, health))
     else:
-        Console().print(status.as_table(rows))
+        console = Console()
+        console.print(status.services_table(health, datetime.now(UTC)))
+        console.print(status.as_table(rows))
     return 0
 
 
@@ -301,8 +306,21 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from cfncluster_node import demo  # moto and rich load only for the demo
-
+    # The playground ships in a checkout, never in the AMI's wheel; moto is an extra.
+    try:
+        from cfncluster_node.local import demo
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("cfncluster_node.local"):
+            raise
+        raise DemoUnavailable(
+            "demo: the local playground is not installed here (the AMIs ship without it); "
+            "run `make demo` from a checkout of cfncluster-node"
+        ) from None
+    if importlib.util.find_spec("moto") is None:
+        raise DemoUnavailable(
+            "demo: moto, which plays AWS, is missing; install it with "
+            "`pip install 'cfncluster-node[demo]'` (`make demo` does)"
+        )
     return demo.main(quick=args.quick)
 
 
@@ -320,7 +338,7 @@ def _announce(args: argparse.Namespace) -> int:
             address=args.address,
             slots=args.slots,
         )
-        event = messages.READY_EVENT if args.what == "ready" else messages.LEAVE_EVENT
+        event = protocol.READY_EVENT if args.what == "ready" else protocol.LEAVE_EVENT
         async with Aws(AwsSettings(), region) as aws:
             await announce.send(aws, args.queue_url, event, identity)
 

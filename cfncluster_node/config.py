@@ -15,6 +15,8 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
+from cfncluster_node import names
+
 DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
 ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
 
@@ -32,7 +34,7 @@ class Section(BaseModel):
 
 class ClusterSettings(Section):
     stack_name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
-    region: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    region: str = Field(pattern=names.REGION)
     scheduler: SchedulerName = "slurm"
     # Job slots of a compute node whose join message does not say (old compute AMIs), and
     # of the nodes the publisher asks for while none is registered.
@@ -123,6 +125,8 @@ class SupervisorSettings(Section):
     stop_timeout: StrictFloat = Field(default=30.0, gt=0)
     restart_backoff_initial: StrictFloat = Field(default=1.0, gt=0)
     restart_backoff_max: StrictFloat = Field(default=60.0, gt=0)
+    # Each service's state and last success, for `cfncluster-node status` (and scripts).
+    health_file: Path | None = Path("/run/cfncluster-node/health.json")
 
 
 class SharedVolumeSettings(Section):

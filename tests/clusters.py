@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cfncluster_node.aws import Aws
-from cfncluster_node.clusterconfig import ClusterConfig
+from cfncluster_node.stack.clusterconfig import ClusterConfig
 
 BASE: dict[str, Any] = {
     "cluster": {"region": "us-east-1"},

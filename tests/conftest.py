@@ -25,20 +25,22 @@ from pathlib import Path
 import pytest
 
 from cfncluster_node import aws as aws_module
-from cfncluster_node import group, localaws, logs
+from cfncluster_node import logs
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import AwsSettings
-from cfncluster_node.instances import InstanceTable
-from cfncluster_node.localaws import (
+from cfncluster_node.local import cloud
+from cfncluster_node.local.cloud import (
     ClusterResources,
     MotoServer,
     create_cluster_resources,
     create_compute_group,
 )
-from cfncluster_node.localsge import LocalSge
-from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.messages import EventKind, InstanceEvent
-from cfncluster_node.registry import Registry
+from cfncluster_node.local.sge import LocalSge
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node import group
+from cfncluster_node.node.instances import InstanceTable
+from cfncluster_node.node.messages import EventKind, InstanceEvent
+from cfncluster_node.node.registry import Registry
 from cfncluster_node.schedulers import Scheduler
 from cfncluster_node.schedulers.sge import Sge
 from cfncluster_node.schedulers.slurm import Slurm
@@ -52,7 +54,22 @@ def pytest_configure() -> None:
     logs.configure("debug", "json")
 
 
+# The fixtures that start a real part: a test that uses none of them is pure.
+REAL_PARTS = {
+    "moto_server",
+    "local_slurm",
+    "local_sge",
+    "scheduler",
+    "attach",
+    "metadata_service",
+}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        real = fixtures & REAL_PARTS or item.get_closest_marker("real")
+        item.add_marker(pytest.mark.real if real else pytest.mark.pure)
     # The check over the whole session's AWS calls runs after every test that makes them.
     last = [item for item in items if item.get_closest_marker("after_all")]
     items[:] = [item for item in items if item not in last] + last
@@ -208,7 +225,7 @@ async def metadata_service() -> AsyncIterator[MetadataService]:
     async with contextlib.AsyncExitStack() as services:
 
         async def start(values: dict[str, str]) -> str:
-            return await services.enter_async_context(localaws.metadata_service(values))
+            return await services.enter_async_context(cloud.metadata_service(values))
 
         yield start
 

@@ -18,9 +18,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from cfncluster_node import policy, template
-from cfncluster_node.clusterconfig import ClusterConfig
-from cfncluster_node.localaws import ACCOUNT
+from cfncluster_node.local.cloud import ACCOUNT
+from cfncluster_node.stack import policy, template
+from cfncluster_node.stack.clusterconfig import ClusterConfig
 
 HEAD = "head node"
 COMPUTE = "compute node"
@@ -28,31 +28,23 @@ _ROLES = {
     HEAD: "HeadNodeRole",
     COMPUTE: "ComputeRole",
 }
-_MODULE_ROLES = {
-    **dict.fromkeys(
-        [
-            "sqswatcher",
-            "instances",
-            "registry",
-            "publisher",
-            "group",
-            "ec2",
-            "reconciler",
-            "scalein",
-            "status",
-            "readiness",
-            "storage.ebs",
-            "storage.setup",
-        ],
-        HEAD,
-    ),
-    "announce": COMPUTE,
+
+
+def role_of_module(module: str) -> str | None:
+    """The role a project module's AWS calls are made with, by the room it lives in."""
+    name = module.removeprefix("cfncluster_node.")
+    if name == "node.announce":
+        return COMPUTE
+    if name.startswith(("node.", "storage.")):
+        return HEAD
     # Not roles of the stack: the operator's own credentials, and what plays AWS here.
-    "launcher": "operator",
-    "localaws": "harness",
-    "demo": "harness",
-    "fleetsim": "harness",
-}
+    if name.startswith("stack."):
+        return "operator"
+    if name.startswith("local."):
+        return "harness"
+    return None
+
+
 _ANY_ID = "00000000-0000-4000-8000-000000000000"
 
 
@@ -74,8 +66,8 @@ def role_of_stack() -> tuple[str, str] | None:
     frame = sys._getframe(2)
     while frame is not None:
         module = str(frame.f_globals.get("__name__", ""))
-        role = _MODULE_ROLES.get(module.removeprefix("cfncluster_node."))
-        if module.startswith("cfncluster_node.") and role is not None:
+        role = role_of_module(module) if module.startswith("cfncluster_node.") else None
+        if role is not None:
             found = (role, module)
         frame = frame.f_back  # type: ignore[assignment]
     return found

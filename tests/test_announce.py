@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from cfncluster_node import announce
 from cfncluster_node.aws import Aws
 from cfncluster_node.imds import IMDS_ENV
-from cfncluster_node.localaws import ClusterResources, MotoServer, queue_depth
-from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.messages import READY_EVENT
+from cfncluster_node.local.cloud import ClusterResources, MotoServer, queue_depth
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node import announce
+from cfncluster_node.protocol import READY_EVENT
 from tests.conftest import MetadataService
 from tests.test_sqswatcher import drain, rows, slurm_hosts
 

@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from cfncluster_node import cli, local
+
 
 def cfncluster_node(
     *args: str, env: dict[str, str] | None = None
@@ -64,3 +68,26 @@ def test_check_config_prints_the_defaults_it_filled_in(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert '"receivers": 4' in result.stdout
     assert '"retry_mode": "adaptive"' in result.stdout
+
+
+def test_the_demo_says_what_to_install_when_moto_is_missing(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "moto", None)  # as if it were not installed
+
+    assert cli.main(["demo", "--quick"]) == cli.EXIT_FAILED
+    assert capsys.readouterr().err == (
+        "cfncluster-node: demo: moto, which plays AWS, is missing; install it with "
+        "`pip install 'cfncluster-node[demo]'` (`make demo` does)\n"
+    )
+
+
+def test_the_demo_says_where_it_runs_when_the_playground_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As in the AMI, whose wheel has no cfncluster_node.local.
+    monkeypatch.delattr(local, "demo", raising=False)
+    monkeypatch.setitem(sys.modules, "cfncluster_node.local.demo", None)
+
+    assert cli.main(["demo"]) == cli.EXIT_FAILED
+    assert "run `make demo` from a checkout of cfncluster-node" in capsys.readouterr().err

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cfncluster_node import clusterconfig
 from cfncluster_node.config import ConfigError
+from cfncluster_node.stack import clusterconfig
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "cluster.toml"
 

@@ -12,15 +12,15 @@ from datetime import timedelta
 from pathlib import Path
 
 from cfncluster_node.aws import Aws
-from cfncluster_node.instances import InstanceState
-from cfncluster_node.localaws import (
+from cfncluster_node.local.cloud import (
     ClusterResources,
     MotoServer,
     publish_autoscaling,
     queue_depth,
     send_messages,
 )
-from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node.records import InstanceState
 from tests.test_sqswatcher import T0, TERMINATE, instance, ready, rows, slurm_hosts
 
 JOINS = 200
@@ -130,6 +130,7 @@ async def test_run_supervises_every_service_and_stops_them_all_on_sigterm(
         config.read_text()
         + '\n[supervisor]\nservices = ["sqswatcher", "publisher", "reconciler"]\n'
         + "stop_timeout = 20.0\n"
+        + f'health_file = "{tmp_path / "health.json"}"\n'
         + "[publisher]\ninterval = 1.0\n[reconciler]\ninterval = 1.0\n"
     )
     log = tmp_path / "run.log"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 
 def summary_row(stdout: str, label: str) -> str:
     [line] = [line for line in stdout.splitlines() if label in line]
     return line.replace("│", " ").replace(label, "").strip()
 
 
+@pytest.mark.real
 def test_quick_demo_grows_runs_the_jobs_scales_in_and_reports_ok() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cfncluster_node", "demo", "--quick"],

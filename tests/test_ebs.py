@@ -9,10 +9,11 @@ import pytest
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import SharedVolumeSettings, StorageSettings
 from cfncluster_node.imds import IMDS_ENV
-from cfncluster_node.localaws import MotoServer
+from cfncluster_node.local.cloud import MotoServer
 from cfncluster_node.storage import StorageError
-from cfncluster_node.storage.devices import Mount, mounts
+from cfncluster_node.storage.devices import Mount
 from cfncluster_node.storage.ebs import attach, find_device
+from cfncluster_node.storage.machine import mounts
 from cfncluster_node.storage.plan import AttachVolume, Format
 from cfncluster_node.storage.setup import set_up_all
 from tests.conftest import MetadataService

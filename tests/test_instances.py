@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from cfncluster_node.aws import Aws
-from cfncluster_node.instances import InstanceRecord, InstanceState, InstanceTable
-from cfncluster_node.localaws import ClusterResources
+from cfncluster_node.local.cloud import ClusterResources
+from cfncluster_node.node.instances import InstanceTable
+from cfncluster_node.node.records import InstanceRecord, InstanceState
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 A = "i-0000000000000000a"

@@ -9,8 +9,8 @@ import pytest
 
 from cfncluster_node.config import ScratchSettings, StorageSettings
 from cfncluster_node.imds import IMDS_ENV
-from cfncluster_node.storage.devices import mounts
 from cfncluster_node.storage.instancestore import NVME_MODEL, discover, nvme_disks, xen_disks
+from cfncluster_node.storage.machine import mounts
 from cfncluster_node.storage.setup import set_up_all
 from tests.conftest import MetadataService
 

@@ -20,13 +20,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from cfncluster_node import config, imds, launcher, readiness, services, template
+from cfncluster_node import config, imds
 from cfncluster_node.aws import Aws
-from cfncluster_node.clusterconfig import ClusterConfig
 from cfncluster_node.config import Config, StorageSettings
-from cfncluster_node.localaws import MotoServer, publish_autoscaling, queue_depth, send_messages
-from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.messages import READY_EVENT, compute_notice
+from cfncluster_node.local.cloud import MotoServer, publish_autoscaling, queue_depth, send_messages
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node import readiness, services
+from cfncluster_node.node.messages import compute_notice
+from cfncluster_node.protocol import READY_EVENT
+from cfncluster_node.stack import launcher, template
+from cfncluster_node.stack.clusterconfig import ClusterConfig
 from cfncluster_node.storage import StorageError, ebs
 from tests.clusters import on_moto
 from tests.conftest import REGION, MetadataService

@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from cfncluster_node import lifecycle
-from cfncluster_node.instances import InstanceRecord, InstanceState
-from cfncluster_node.lifecycle import Decision, Plan
-from cfncluster_node.messages import EventKind, InstanceEvent
+from cfncluster_node.node import lifecycle
+from cfncluster_node.node.lifecycle import Decision, Plan
+from cfncluster_node.node.messages import EventKind, InstanceEvent
+from cfncluster_node.node.records import InstanceRecord, InstanceState
 from cfncluster_node.schedulers import Host
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)

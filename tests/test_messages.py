@@ -1,4 +1,4 @@
-"""messages.parse: every body shape the queue carries (PROTOCOL.md section 1)."""
+"""messages.parse: every body shape the queue carries (docs/protocol.md section 1)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from cfncluster_node import localaws, messages
-from cfncluster_node.messages import Dropped, EventKind, InstanceEvent, MessageError
+from cfncluster_node import protocol
+from cfncluster_node.local import cloud
+from cfncluster_node.node import messages
+from cfncluster_node.node.messages import Dropped, EventKind, InstanceEvent, MessageError
 
 SENT_AT = datetime(2026, 11, 26, 9, 0, 0, tzinfo=UTC)
 WHEN = datetime(2026, 11, 26, 8, 50, 27, 538000, tzinfo=UTC)
@@ -75,7 +77,7 @@ def parse_event(body: str) -> InstanceEvent:
 def test_sns_wrapped_autoscaling_notification_parses_to_its_kind(
     event: str, kind: EventKind
 ) -> None:
-    body = sns(localaws.autoscaling_notification(event, INSTANCE, when=WHEN))
+    body = sns(cloud.autoscaling_notification(event, INSTANCE, when=WHEN))
 
     parsed = parse_event(body)
 
@@ -95,7 +97,7 @@ def test_sns_wrapped_autoscaling_notification_parses_to_its_kind(
     ],
 )
 def test_failed_scaling_activity_is_dropped_with_its_cause(event: str, reason: str) -> None:
-    body = sns(localaws.autoscaling_notification(event, INSTANCE, when=WHEN))
+    body = sns(cloud.autoscaling_notification(event, INSTANCE, when=WHEN))
 
     parsed = messages.parse(body, SENT_AT)
 
@@ -108,9 +110,7 @@ def test_failed_scaling_activity_is_dropped_with_its_cause(event: str, reason: s
 
 def test_launch_error_without_an_instance_is_still_understood() -> None:
     notification = json.loads(
-        localaws.autoscaling_notification(
-            "autoscaling:EC2_INSTANCE_LAUNCH_ERROR", INSTANCE, when=WHEN
-        )
+        cloud.autoscaling_notification("autoscaling:EC2_INSTANCE_LAUNCH_ERROR", INSTANCE, when=WHEN)
     )
     notification["EC2InstanceId"] = ""
 
@@ -123,7 +123,7 @@ def test_launch_error_without_an_instance_is_still_understood() -> None:
 
 def test_test_notification_is_dropped_although_it_has_no_instance_id() -> None:
     notification = json.loads(
-        localaws.autoscaling_notification("autoscaling:TEST_NOTIFICATION", INSTANCE, when=WHEN)
+        cloud.autoscaling_notification("autoscaling:TEST_NOTIFICATION", INSTANCE, when=WHEN)
     )
     del notification["EC2InstanceId"]
 
@@ -133,9 +133,7 @@ def test_test_notification_is_dropped_although_it_has_no_instance_id() -> None:
 
 
 def test_raw_delivery_body_parses_like_the_sns_wrapped_one() -> None:
-    raw = localaws.autoscaling_notification(
-        "autoscaling:EC2_INSTANCE_TERMINATE", INSTANCE, when=WHEN
-    )
+    raw = cloud.autoscaling_notification("autoscaling:EC2_INSTANCE_TERMINATE", INSTANCE, when=WHEN)
 
     assert messages.parse(raw, SENT_AT) == messages.parse(sns(raw), SENT_AT)
     assert parse_event(raw).kind is EventKind.TERMINATE
@@ -466,7 +464,7 @@ generic_values = (
     | st.from_regex(r"[a-zA-Z0-9.\-\n;$ \[\],_%]{0,40}", fullmatch=True)
     | json_values
 )
-known_events = st.sampled_from([*messages.EVENT_NAMES, messages.TEST_EVENT, "other:EVENT"])
+known_events = st.sampled_from([*messages.EVENT_NAMES, protocol.TEST_EVENT, "other:EVENT"])
 inner_objects = st.fixed_dictionaries(
     {"Event": known_events | st.text(max_size=20)},
     optional={

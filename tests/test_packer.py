@@ -13,6 +13,7 @@ ROOT = Path(__file__).parent.parent
 TEMPLATE = ROOT / "packer" / "cfncluster-node.pkr.hcl"
 
 
+@pytest.mark.real
 @pytest.mark.parametrize("variables", [[], ["-var", 'ami_regions=["eu-west-1","us-west-2"]']])
 def test_packer_validate_passes(variables: list[str], tmp_path: Path) -> None:
     # Packer checks that the images' source, dist/ (`make dist`), is there.

@@ -69,14 +69,14 @@ def test_the_checker_allows_the_stacks_own_resources_and_nothing_else(
 
 
 def test_a_call_is_attributed_to_the_outermost_module_with_a_role() -> None:
-    namespace = {"__name__": "cfncluster_node.scalein"}
+    namespace = {"__name__": "cfncluster_node.node.scalein"}
     exec(  # a frame of the scale-in module, calling one of the group module
         "def tick(inner):\n    return inner()\n", namespace
     )
-    group = {"__name__": "cfncluster_node.group"}
+    group = {"__name__": "cfncluster_node.node.group"}
     exec("def shrink(probe):\n    return probe()\n", group)
     found = namespace["tick"](lambda: group["shrink"](lambda: privilege.role_of_stack()))
-    assert found == (privilege.HEAD, "cfncluster_node.scalein")
+    assert found == (privilege.HEAD, "cfncluster_node.node.scalein")
 
 
 @pytest.mark.after_all

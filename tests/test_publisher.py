@@ -10,21 +10,21 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
+from cfncluster_node import protocol
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, PublisherSettings, SlurmSettings
-from cfncluster_node.group import describe as describe_group
-from cfncluster_node.localaws import create_compute_group
-from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.publisher import (
-    NAMESPACE,
+from cfncluster_node.local.cloud import create_compute_group
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node import group
+from cfncluster_node.node.fleet import (
     Demand,
-    Fleet,
-    Publisher,
+    NodeCounts,
+    count_nodes,
     demand,
     desired_capacity,
-    fleet,
     slots_per_node,
 )
+from cfncluster_node.node.publisher import Publisher
 from cfncluster_node.schedulers import Holdup, Host, HostStatus, PendingJob
 from cfncluster_node.schedulers.slurm import Slurm
 from tests.conftest import GROUP, NODE, wait_running
@@ -103,7 +103,7 @@ def test_node_size_is_the_fleets_most_common_else_the_default() -> None:
 def test_fleet_counts_busy_and_idle_nodes_that_can_take_work() -> None:
     hosts = [host(busy=True), host(), host(available=False), host()]
 
-    assert fleet(hosts) == Fleet(registered=4, busy=1, idle=2)
+    assert count_nodes(hosts) == NodeCounts(registered=4, busy=1, idle=2)
 
 
 async def published(aws: Aws, name: str, stack: str = "test") -> list[float]:
@@ -111,7 +111,7 @@ async def published(aws: Aws, name: str, stack: str = "test") -> list[float]:
     response = await aws.call(
         "cloudwatch",
         "get_metric_statistics",
-        Namespace=NAMESPACE,
+        Namespace=protocol.METRIC_NAMESPACE,
         MetricName=name,
         Dimensions=[{"Name": "Stack", "Value": stack}],
         StartTime=now - timedelta(minutes=5),
@@ -216,7 +216,7 @@ async def test_direct_mode_sets_the_groups_desired_capacity(aws: Aws, slurm: Loc
     with structlog.testing.capture_logs() as records:
         await direct.tick()
 
-    assert (await describe_group(aws, GROUP)).desired == 4  # 0 busy + 5 needed, max 4
+    assert (await group.describe(aws, GROUP)).desired == 4  # 0 busy + 5 needed, max 4
     [raised] = [r for r in records if r["event"] == "capacity_raised"]
     assert (raised["previous"], raised["desired"], raised["pending_nodes"]) == (1, 4, 5)
 

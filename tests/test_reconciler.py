@@ -9,20 +9,15 @@ import structlog
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, ReconcilerSettings
-from cfncluster_node.group import Member
-from cfncluster_node.instances import InstanceRecord, InstanceState
-from cfncluster_node.lifecycle import Hostnames
-from cfncluster_node.localaws import ClusterResources, create_compute_group, send_messages
-from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.messages import READY_EVENT, compute_notice
-from cfncluster_node.reconciler import (
-    Drift,
-    Instance,
-    Observation,
-    Reconciler,
-    diagnose,
-    healing_events,
-)
+from cfncluster_node.local.cloud import ClusterResources, create_compute_group, send_messages
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node.drift import Drift, Instance, Observation, diagnose, healing_events
+from cfncluster_node.node.fleet import Member
+from cfncluster_node.node.lifecycle import Hostnames
+from cfncluster_node.node.messages import compute_notice
+from cfncluster_node.node.reconciler import Reconciler
+from cfncluster_node.node.records import InstanceRecord, InstanceState
+from cfncluster_node.protocol import READY_EVENT
 from cfncluster_node.schedulers import Host, HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
 from tests.conftest import GROUP

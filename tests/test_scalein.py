@@ -10,13 +10,13 @@ import structlog
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, ScaleInSettings, SlurmSettings
-from cfncluster_node.group import Group, Member
-from cfncluster_node.group import describe as describe_group
-from cfncluster_node.instances import InstanceRecord, InstanceState
-from cfncluster_node.lifecycle import Hostnames
-from cfncluster_node.localaws import ClusterResources
-from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.scalein import Candidate, Protection, ScaleIn, candidates, protection
+from cfncluster_node.local.cloud import ClusterResources
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node import group
+from cfncluster_node.node.fleet import Group, Member
+from cfncluster_node.node.lifecycle import Hostnames
+from cfncluster_node.node.records import InstanceRecord, InstanceState
+from cfncluster_node.node.scalein import Candidate, Protection, ScaleIn, candidates, protection
 from cfncluster_node.schedulers import HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
 from tests.conftest import GROUP, NODE, wait_running
@@ -113,8 +113,8 @@ async def test_a_busy_node_is_protected_and_kept_then_scaled_in_once_idle(
     job = slurm.sbatch("-w", NODE, "--wrap", "sleep 120")
     wait_running(slurm, job)
 
-    assert await scale_in(aws, cluster, slurm.settings).tick(asyncio.Event()) == []
-    members = await describe_group(aws, GROUP)
+    assert await scale_in(aws, cluster, slurm.settings).tick() == []
+    members = await group.describe(aws, GROUP)
     assert members.members[compute_node].protected
     assert members.desired == 1
 
@@ -125,10 +125,10 @@ async def test_a_busy_node_is_protected_and_kept_then_scaled_in_once_idle(
         await asyncio.sleep(0.2)
 
     with structlog.testing.capture_logs() as records:
-        retired = await scale_in(aws, cluster, slurm.settings).tick(asyncio.Event())
+        retired = await scale_in(aws, cluster, slurm.settings).tick()
 
     assert retired == [Candidate(compute_node, NODE)]
-    members = await describe_group(aws, GROUP)
+    members = await group.describe(aws, GROUP)
     assert (members.desired, list(members.members)) == (0, [])
     assert await slurm_hosts(slurm) == {}
     assert (await rows(aws, cluster))[compute_node].state is InstanceState.TERMINATED
@@ -153,10 +153,10 @@ async def test_a_job_that_lands_between_drain_and_terminate_keeps_its_node(
     aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, compute_node: str
 ) -> None:
     with structlog.testing.capture_logs() as records:
-        retired = await scale_in(aws, cluster, JobLandsBeforeTheDrain(slurm)).tick(asyncio.Event())
+        retired = await scale_in(aws, cluster, JobLandsBeforeTheDrain(slurm)).tick()
 
     assert retired == []
-    members = await describe_group(aws, GROUP)
+    members = await group.describe(aws, GROUP)
     assert (members.desired, list(members.members)) == (1, [compute_node])
     [listed] = await Slurm(slurm.settings).list_hosts()
     assert listed.busy and "drain" not in listed.state

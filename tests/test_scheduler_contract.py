@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from cfncluster_node import commands
-from cfncluster_node.localsge import LocalSge
-from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.local.sge import LocalSge
+from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.schedulers import Holdup, Host, HostStatus, Jobs, Scheduler
 from tests.conftest import CPUS
 

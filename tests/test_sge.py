@@ -15,14 +15,14 @@ import pytest
 
 from cfncluster_node import commands, config
 from cfncluster_node.config import SgeSettings
-from cfncluster_node.localsge import LocalSge
+from cfncluster_node.local.sge import LocalSge
+from cfncluster_node.node import services
 from cfncluster_node.schedulers import (
     Holdup,
     Host,
     PendingJob,
     SchedulerError,
     checked_hostnames,
-    create,
 )
 from cfncluster_node.schedulers.sge import (
     Expect,
@@ -402,7 +402,7 @@ def test_the_sge_section_configures_the_backend() -> None:
         source="node.toml",
     )
 
-    backend = create(loaded)
+    backend = services.build_scheduler(loaded)
 
     assert isinstance(backend, Sge) and backend.name == "sge"
     assert loaded.sge.root == Path("/opt/sge") and loaded.sge.cell == "default"
@@ -580,5 +580,5 @@ async def test_a_cell_that_is_not_there_is_a_scheduler_error(sge: LocalSge, tmp_
     backend = Sge(sge.settings.model_copy(update={"root": tmp_path, "command_timeout": 5.0}))
 
     # Both queries run at once: whichever fails first is the one named.
-    with pytest.raises(SchedulerError, match="qstat|qconf"):
+    with pytest.raises(SchedulerError, match=r"qstat|qconf"):
         await backend.list_hosts()

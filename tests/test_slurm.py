@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cfncluster_node.localaws import free_port
-from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node.local.cloud import free_port
+from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.schedulers import Holdup, Host, SchedulerError
 from cfncluster_node.schedulers.hostlist import compress
 from cfncluster_node.schedulers.slurm import Slurm

@@ -14,19 +14,21 @@ import structlog
 
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings, SlurmSettings, SqsWatcherSettings
-from cfncluster_node.instances import InstanceRecord, InstanceState, InstanceTable
-from cfncluster_node.localaws import (
+from cfncluster_node.local.cloud import (
     ClusterResources,
     publish_autoscaling,
     queue_depth,
     send_messages,
 )
-from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.messages import LEAVE_EVENT, READY_EVENT, compute_notice
-from cfncluster_node.registry import Registry
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node.instances import InstanceTable
+from cfncluster_node.node.messages import compute_notice
+from cfncluster_node.node.records import InstanceRecord, InstanceState
+from cfncluster_node.node.registry import Registry
+from cfncluster_node.node.sqswatcher import SqsWatcher
+from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT
 from cfncluster_node.schedulers import Host, Scheduler
 from cfncluster_node.schedulers.slurm import Slurm
-from cfncluster_node.sqswatcher import SqsWatcher
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 LAUNCH = "autoscaling:EC2_INSTANCE_LAUNCH"

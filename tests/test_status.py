@@ -9,17 +9,20 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from rich.console import Console
+
 from cfncluster_node.aws import Aws
-from cfncluster_node.group import Member
-from cfncluster_node.instances import InstanceRecord, InstanceState
-from cfncluster_node.lifecycle import Hostnames
-from cfncluster_node.localaws import ClusterResources, MotoServer, send_messages
-from cfncluster_node.localslurm import LocalSlurm
-from cfncluster_node.messages import READY_EVENT, compute_notice
-from cfncluster_node.reconciler import Drift, Instance, Observation
+from cfncluster_node.local.cloud import ClusterResources, MotoServer, send_messages
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node.drift import Drift, Instance, Observation
+from cfncluster_node.node.fleet import Member
+from cfncluster_node.node.lifecycle import Hostnames
+from cfncluster_node.node.messages import compute_notice
+from cfncluster_node.node.records import InstanceRecord, InstanceState
+from cfncluster_node.node.status import FleetRow, fleet_rows, services_table
+from cfncluster_node.protocol import READY_EVENT
 from cfncluster_node.schedulers import Host, HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
-from cfncluster_node.status import FleetRow, fleet_rows
 from tests.test_reconciler import launch
 from tests.test_sqswatcher import drain
 
@@ -74,10 +77,13 @@ async def test_status_json_marks_the_drift_on_real_parts(
     await drain(aws, cluster, slurm.settings)
     await aws.call("ec2", "terminate_instances", InstanceIds=[ids[0]])
     await Slurm(slurm.settings).add_hosts([Host("ip-10-8-9-9", 2, "127.8.9.9")])
+    health = tmp_path / "health.json"
+    health.write_text('{"reconciler": {"state": "running", "last_success": null}}')
     config = tmp_path / "node.toml"
     config.write_text(
         f'[cluster]\nstack_name = "t"\nregion = "us-east-1"\ntable = "{cluster.table}"\n'
         f'[sqswatcher]\nqueue = "{cluster.queue_url}"\n[slurm]\nconf = "{slurm.conf}"\n'
+        f'[supervisor]\nhealth_file = "{health}"\n'
     )
 
     process = await asyncio.create_subprocess_exec(
@@ -95,9 +101,28 @@ async def test_status_json_marks_the_drift_on_real_parts(
     output, errors = await asyncio.wait_for(process.communicate(), 60)
 
     assert process.returncode == 0, errors.decode()
-    shown = {(r["instance_id"], r["hostname"]): (r["ec2"], r["drift"]) for r in json.loads(output)}
+    report = json.loads(output)
+    assert report["services"] == {"reconciler": {"state": "running", "last_success": None}}
+    shown = {(r["instance_id"], r["hostname"]): (r["ec2"], r["drift"]) for r in report["fleet"]}
     assert shown == {
         (ids[0], "ip-10-8-0-0"): ("terminated", "instance_gone"),
         (ids[1], "ip-10-8-0-1"): ("running", None),
         (None, "ip-10-8-9-9"): (None, "unowned_host"),
     }
+
+
+def test_the_services_table_says_each_services_last_success_or_that_none_runs() -> None:
+    health = {
+        "publisher": {"state": "running", "last_success": "2026-11-26T11:59:30+00:00"},
+        "reconciler": {"state": "restarting", "last_success": None, "failures_since": 3},
+    }
+    console = Console(width=120, record=True)
+    console.print(services_table(health, NOW))
+    console.print(services_table(None, NOW))
+    lines = [
+        " ".join(line.replace("│", " ").split()) for line in console.export_text().splitlines()
+    ]
+
+    assert "publisher running 30 s ago -" in lines
+    assert "reconciler restarting never 3" in lines
+    assert any("no health file: is `cfncluster-node run` running here?" in line for line in lines)

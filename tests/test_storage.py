@@ -208,6 +208,7 @@ def test_storage_setup_dry_run_prints_the_plan_and_touches_nothing(
     assert subprocess.run(["blkid", "-p", loop_device], capture_output=True).returncode == 2
 
 
+@pytest.mark.real
 def test_run_stops_before_any_service_when_storage_fails(tmp_path: Path) -> None:
     config = storage_config(
         tmp_path / "node.toml", "/dev/xvdz-missing", tmp_path / "s", tmp_path / "fstab"

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
 from cfncluster_node.config import SupervisorSettings
-from cfncluster_node.supervisor import supervise
+from cfncluster_node.node.service import Progress
+from cfncluster_node.node.supervisor import supervise
 
-FAST = SupervisorSettings(restart_backoff_initial=0.01, restart_backoff_max=0.04, stop_timeout=0.5)
+FAST = SupervisorSettings(
+    restart_backoff_initial=0.01, restart_backoff_max=0.04, stop_timeout=0.5, health_file=None
+)
 
 
 class Crashing:
     name = "crashing"
 
     def __init__(self, crashes: int) -> None:
+        self.progress = Progress()
         self.crashes = crashes
         self.starts: list[float] = []
         self.survived = asyncio.Event()
@@ -33,6 +40,7 @@ class Steady:
     name = "steady"
 
     def __init__(self) -> None:
+        self.progress = Progress()
         self.runs = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -42,6 +50,7 @@ class Steady:
 
 class Stubborn:
     name = "stubborn"
+    progress = Progress()
 
     async def run(self, stop: asyncio.Event) -> None:
         await asyncio.sleep(3600)  # ignores stop
@@ -79,8 +88,43 @@ async def test_stop_cancels_a_service_that_does_not_stop_in_time() -> None:
 async def test_services_that_finish_their_work_end_the_supervisor() -> None:
     class Burst:
         name = "burst"
+        progress = Progress()
 
         async def run(self, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(supervise([Burst(), Burst()], asyncio.Event(), FAST), 2)
+
+
+async def test_the_health_file_shows_each_services_state_and_last_success(tmp_path: Path) -> None:
+    class Working:
+        name = "working"
+
+        def __init__(self) -> None:
+            self.progress = Progress()
+
+        async def run(self, stop: asyncio.Event) -> None:
+            self.progress.succeeded()
+            await stop.wait()
+
+    class Failing(Working):
+        name = "failing"
+
+        async def run(self, stop: asyncio.Event) -> None:
+            self.progress.failed()
+            self.progress.failed()
+            await stop.wait()
+
+    health = tmp_path / "run" / "health.json"
+    stop = asyncio.Event()
+    settings = FAST.model_copy(update={"health_file": health})
+    task = asyncio.create_task(supervise([Working(), Failing()], stop, settings))
+    await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 2)
+
+    report = json.loads(health.read_text())
+    assert report["working"]["state"] == "stopped"
+    assert datetime.fromisoformat(report["working"]["last_success"]) <= datetime.now(UTC)
+    assert report["working"]["failures_since"] == 0
+    assert report["failing"] == {"state": "stopped", "last_success": None, "failures_since": 2}

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from cfncluster_node import logs, sdnotify
-from cfncluster_node.localaws import ClusterResources, MotoServer
-from cfncluster_node.localslurm import LocalSlurm
+from cfncluster_node import logs
+from cfncluster_node.local.cloud import ClusterResources, MotoServer
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node import sdnotify
 
 UNITS = Path(__file__).parent.parent / "systemd"
 
@@ -136,6 +137,7 @@ def test_the_service_tells_systemd_ready_status_watchdog_and_stopping(
         f'[sqswatcher]\nqueue = "{cluster.queue_url}"\n'
         f'[slurm]\nconf = "{slurm.conf}"\n'
         '[supervisor]\nservices = ["sqswatcher", "publisher"]\n'
+        f'health_file = "{tmp_path / "health.json"}"\n'
     )
     with listener(tmp_path / "notify") as sock:
         process = subprocess.Popen(

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from cfncluster_node import config, publisher, template
-from cfncluster_node.clusterconfig import ClusterConfig
+from cfncluster_node import config, protocol
 from cfncluster_node.config import Config
+from cfncluster_node.stack import template
+from cfncluster_node.stack.clusterconfig import ClusterConfig
 from tests.clusters import cluster_config
 
 FULL = cluster_config(
@@ -44,6 +45,7 @@ def resources(cluster: ClusterConfig) -> dict[str, Any]:
     return rendered
 
 
+@pytest.mark.real
 @pytest.mark.parametrize(
     "cluster", [cluster_config(), FULL, STATIC], ids=["default", "full", "static"]
 )
@@ -59,8 +61,8 @@ def test_elastic_alarms_watch_the_published_metric_and_step_the_group() -> None:
     found = resources(cluster_config(scaling={"threshold": 2, "evaluation_periods": 3}))
     small, large = found["PendingAlarm"]["Properties"], found["PendingLargeAlarm"]["Properties"]
     for alarm in (small, large):
-        assert alarm["Namespace"] == publisher.NAMESPACE
-        assert alarm["MetricName"] == publisher.PENDING_METRIC
+        assert alarm["Namespace"] == protocol.METRIC_NAMESPACE
+        assert alarm["MetricName"] == protocol.PENDING_METRIC
         assert alarm["Dimensions"] == [{"Name": "Stack", "Value": {"Ref": "AWS::StackName"}}]
         assert alarm["Period"] == 60
         assert alarm["EvaluationPeriods"] == 3

@@ -6,33 +6,27 @@ that is there, or removing one that is not, succeeds and changes nothing.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Protocol
 
-from cfncluster_node.config import Config
+from cfncluster_node import names
 
 
 class SchedulerError(Exception):
     """A scheduler command failed; the message says which and why."""
 
 
-# RFC 1123 labels, dot-separated: nothing a command line could read as an option, a list,
-# a wildcard or a group (``-x``, ``a,b``, ``*``, ``@allhosts``).
-_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
-
-
-def checked_hostnames(names: Iterable[str]) -> list[str]:
-    """``names`` without duplicates, in order; SchedulerError if one is not a hostname.
+def checked_hostnames(hostnames: Iterable[str]) -> list[str]:
+    """``hostnames`` without duplicates, in order; SchedulerError if one is not a hostname.
 
     The messages' parser validates hostnames already; this guards the command line
     against any other caller.
     """
-    unique = list(dict.fromkeys(names))
-    bad = [name for name in unique if len(name) > 253 or not _HOSTNAME.fullmatch(name)]
+    unique = list(dict.fromkeys(hostnames))
+    bad = [name for name in unique if not names.is_hostname(name)]
     if bad:
         raise SchedulerError(f"not a hostname: {', '.join(repr(name)[:80] for name in bad)}")
     return unique
@@ -103,15 +97,3 @@ class Scheduler(Protocol):
     async def list_hosts(self) -> list[HostStatus]: ...
 
     async def jobs(self) -> Jobs: ...
-
-
-def create(config: Config) -> Scheduler:
-    match config.cluster.scheduler:
-        case "slurm":
-            from cfncluster_node.schedulers.slurm import Slurm
-
-            return Slurm(config.slurm)
-        case "sge":
-            from cfncluster_node.schedulers.sge import Sge
-
-            return Sge(config.sge)

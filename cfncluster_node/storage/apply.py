@@ -7,7 +7,7 @@ from pathlib import Path
 
 from cfncluster_node import commands, logs
 from cfncluster_node.storage import StorageError
-from cfncluster_node.storage.devices import probe
+from cfncluster_node.storage.machine import probe
 from cfncluster_node.storage.plan import (
     FSTAB_OPTIONS,
     AttachVolume,

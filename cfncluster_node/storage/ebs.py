@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.storage import StorageError
+from cfncluster_node.storage.machine import mapped_device
 
 _ATTACH_TIMEOUT_S = 120.0
 _POLL_S = 0.5
@@ -30,12 +31,7 @@ def find_device(
         serial_file = block / "device" / "serial"
         if serial_file.exists() and serial_file.read_text().strip() == serial:
             return str(dev / block.name)
-    name = Path(requested).name
-    candidates = [name, f"xvd{name[2:]}"] if name.startswith("sd") else [name]
-    for candidate in candidates:
-        if (dev / candidate).exists():
-            return str(dev / candidate)
-    return None
+    return mapped_device(requested, dev)
 
 
 async def attach(aws: Aws, volume_id: str, instance_id: str, requested: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cfncluster_node import imds
 from cfncluster_node.storage import StorageError
+from cfncluster_node.storage.machine import mapped_device
 
 NVME_MODEL = "Amazon EC2 NVMe Instance Storage"
 _EPHEMERAL = re.compile(r"^ephemeral(\d+)$")
@@ -30,14 +31,8 @@ def nvme_disks(sys_block: Path, dev: Path) -> list[str]:
 
 def xen_disks(mapping: dict[str, str], dev: Path) -> list[str]:
     """``mapping``: ephemeralN -> the name the metadata gives (sdb, xvdb, /dev/sdb)."""
-    disks = []
-    for key in sorted(mapping, key=_ephemeral_index):
-        name = Path(mapping[key]).name
-        candidates = [f"xvd{name[2:]}", name] if name.startswith("sd") else [name]
-        found = [dev / c for c in candidates if (dev / c).exists()]
-        if found:
-            disks.append(str(found[0]))
-    return disks
+    found = (mapped_device(mapping[key], dev) for key in sorted(mapping, key=_ephemeral_index))
+    return [disk for disk in found if disk is not None]
 
 
 def _ephemeral_index(key: str) -> int:

@@ -11,7 +11,8 @@ from cfncluster_node.aws import Aws
 from cfncluster_node.config import StorageSettings
 from cfncluster_node.storage import StorageError, ebs, instancestore
 from cfncluster_node.storage.apply import apply
-from cfncluster_node.storage.devices import Device, first_partition, mounts, probe, resolve
+from cfncluster_node.storage.devices import Device
+from cfncluster_node.storage.machine import first_partition, mounts, probe, resolve
 from cfncluster_node.storage.plan import (
     AttachVolume,
     Scratch,

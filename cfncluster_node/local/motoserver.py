@@ -1,0 +1,311 @@
+"""moto_server with SQS made thread-safe and cheap per message, and CloudFormation signals.
+
+``python -m cfncluster_node.local.motoserver -H 127.0.0.1 -p PORT`` (moto_server's arguments).
+``cloud.MotoServer`` runs this, for the tests, the demo and the benchmarks, because of
+defects of moto's SQS (checked in 5.2.5) that real SQS does not have:
+
+1. ``receive_message`` costs O(messages in the queue, in flight included) *per message
+   returned*: for each one, ``is_message_valid_based_on_retention_period`` builds every
+   queue attribute, counts included. A receive of 10 costs ~30 ms with nothing in
+   flight, ~145 ms with 100, ~1 s with 800. A consumer that deletes a message only once
+   it has been applied (as it must) keeps messages in flight, so moto's CPU runs away.
+   ``send_message`` builds them too (to read ``ContentBasedDeduplication``), once per
+   message sent; that is left, but made ~10 times cheaper: every count reads the clock
+   twice per message through datetime arithmetic, where ``time.time()`` is the same.
+2. ``Queue.delete_message`` rebuilds the message list without the queue's lock, while
+   ``add_message`` appends under it: a send during a delete can be lost, and two
+   concurrent deletes can bring a deleted message back (it reappears after its
+   visibility timeout).
+3. ``receive_message`` is not locked either: concurrent receivers can each get the same
+   message (about 1 in 200 with 4 receivers).
+
+and because moto's CloudFormation (5.2.5 too) ignores creation policies, which a launcher
+waiting for its head node relies on:
+
+4. A resource with ``CreationPolicy: {ResourceSignal: {Count, Timeout}}`` is complete at
+   once, and ``SignalResource`` answers 500 NotImplemented. Here such a resource (still
+   created at once by moto) keeps its stack ``CREATE_IN_PROGRESS`` until it has Count
+   SUCCESS signals of distinct UniqueIds, with CloudFormation's resource events. A FAILURE
+   signal, or a Timeout passed when the stack is next described (moto has no clock of its
+   own), fails the creation as ``OnFailure`` / ``DisableRollback`` says, which moto's
+   ``CreateStack`` ignores: ``CREATE_FAILED``, ``ROLLBACK_COMPLETE`` or deleted.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+from moto.cloudformation.exceptions import ValidationError
+from moto.cloudformation.models import CloudFormationBackend, Event, Stack
+from moto.cloudformation.parsing import clean_json
+from moto.cloudformation.responses import CloudFormationResponse
+from moto.core import utils
+from moto.core.responses import EmptyResult
+from moto.server import main
+from moto.sqs import models
+from moto.sqs.models import Message, Queue, SQSBackend
+
+
+def _unix_time(dt: Any = None) -> float:
+    return time.time() if dt is None else float(utils.unix_time(dt))
+
+
+def _unix_time_millis(dt: Any = None) -> float:
+    return _unix_time(dt) * 1000.0
+
+
+def _retained(self: SQSBackend, queue_name: str, message: Message) -> bool:
+    queue: Any = self.get_queue(queue_name)
+    sent_ms: Any = message.sent_timestamp
+    return bool(int(queue.message_retention_period) + sent_ms / 1000 > time.time())
+
+
+def _locked_receive(receive: Any) -> Any:
+    @functools.wraps(receive)
+    def wrapper(self: SQSBackend, queue_name: str, *args: Any, **kwargs: Any) -> Any:
+        # The lock is re-entrant, and the long-poll wait inside releases it.
+        with self.get_queue(queue_name)._messages_lock:
+            return receive(self, queue_name, *args, **kwargs)
+
+    return wrapper
+
+
+def _locked_delete(delete: Any) -> Any:
+    @functools.wraps(delete)
+    def wrapper(self: Queue, receipt_handle: str) -> None:
+        with self._messages_lock:
+            delete(self, receipt_handle)
+
+    return wrapper
+
+
+@dataclass
+class _Awaited:
+    """The SUCCESS signals one resource's creation policy still waits for."""
+
+    count: int
+    deadline: float  # time.monotonic()
+    unique_ids: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Creation:
+    """A stack whose creation waits for signals; dropped once it completes or fails."""
+
+    awaited: dict[str, _Awaited]  # by logical id, in template order
+    on_failure: str = "ROLLBACK"
+
+
+# moto's server is threaded: signals, reads (which expire timeouts) and creations race.
+_lock = threading.RLock()
+_creations: weakref.WeakKeyDictionary[Stack, _Creation] = weakref.WeakKeyDictionary()
+_DURATION = re.compile(r"PT(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?")
+
+
+def _policy(resource_signal: dict[str, Any], stack: Stack) -> _Awaited:
+    # Count and Timeout may be Refs to parameters.
+    policy = clean_json(resource_signal, stack.resource_map)
+    timeout = str(policy.get("Timeout", "PT5M"))
+    duration = _DURATION.fullmatch(timeout)
+    if duration is None:
+        raise ValidationError(message=f"Invalid ResourceSignal Timeout {timeout}")
+    hours, minutes, seconds = (int(part or 0) for part in duration.groups())
+    seconds += 60 * (minutes + 60 * hours)
+    return _Awaited(int(policy.get("Count", 1)), time.monotonic() + seconds)
+
+
+def _resource_event(stack: Stack, logical_id: str, status: str, reason: str | None = None) -> None:
+    # Only ever called while the resource exists: resource_map would create it again.
+    event = Event(
+        stack_id=stack.stack_id,
+        stack_name=stack.name,
+        logical_resource_id=logical_id,
+        physical_resource_id=getattr(stack.resource_map[logical_id], "physical_resource_id", ""),
+        resource_type=stack.template_dict["Resources"][logical_id]["Type"],
+        resource_status=status,
+        resource_status_reason=reason,
+        resource_properties=None,
+    )
+    event.sendToSns(stack.account_id, stack.region_name, stack.notification_arns)
+    stack.events.append(event)
+
+
+def _fail(backend: CloudFormationBackend, stack: Stack, logical_id: str, reason: str) -> None:
+    """Fail the stack's creation, as CloudFormation does when ``logical_id`` failed."""
+    creation = _creations.pop(stack)
+    _resource_event(stack, logical_id, "CREATE_FAILED", reason)
+    for other in creation.awaited:
+        if other != logical_id:
+            _resource_event(stack, other, "CREATE_FAILED", "Resource creation cancelled")
+    failed = f"The following resource(s) failed to create: [{logical_id}]. "
+    if creation.on_failure == "DELETE":
+        backend.delete_stack(stack.stack_id)
+    elif creation.on_failure == "DO_NOTHING":
+        stack.status = "CREATE_FAILED"
+        stack._add_stack_event("CREATE_FAILED", failed)
+    else:
+        stack.status = "ROLLBACK_IN_PROGRESS"
+        stack._add_stack_event("ROLLBACK_IN_PROGRESS", failed + "Rollback requested by user.")
+        stack.resource_map.delete()  # Retain honoured
+        stack.status = "ROLLBACK_COMPLETE"
+        stack._add_stack_event("ROLLBACK_COMPLETE")
+
+
+def _expire(backend: CloudFormationBackend) -> None:
+    """Fail the creations of ``backend`` that waited for signals past their Timeout."""
+    now = time.monotonic()
+    with _lock:
+        for stack in list(backend.stacks.values()):
+            creation = _creations.get(stack)
+            for logical_id, awaited in creation.awaited.items() if creation else ():
+                if awaited.deadline <= now:
+                    reason = (
+                        f"Failed to receive {awaited.count - len(awaited.unique_ids)}"
+                        " resource signal(s) within the specified duration"
+                    )
+                    _fail(backend, stack, logical_id, reason)
+                    break
+
+
+def _expiring(read: Any) -> Any:
+    @functools.wraps(read)
+    def wrapper(self: CloudFormationBackend, *args: Any, **kwargs: Any) -> Any:
+        _expire(self)
+        return read(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _awaiting_signals(create: Any) -> Any:
+    @functools.wraps(create)
+    def wrapper(self: Stack) -> None:
+        awaited = {
+            logical_id: _policy(resource["CreationPolicy"]["ResourceSignal"], self)
+            for logical_id, resource in self.template_dict["Resources"].items()
+            if "ResourceSignal" in resource.get("CreationPolicy", {})
+        }
+        if not awaited:
+            create(self)
+            return
+        with _lock:
+            _creations[self] = _Creation(awaited)
+            create(self)  # completes nothing: _complete_once_signaled
+            for logical_id in awaited:
+                reason = "Resource creation Initiated"
+                _resource_event(self, logical_id, "CREATE_IN_PROGRESS", reason)
+
+    return wrapper
+
+
+def _complete_once_signaled(mark: Any) -> Any:
+    @functools.wraps(mark)
+    def wrapper(self: Stack) -> None:
+        # moto calls this once its resources exist; the signals may still be awaited.
+        with _lock:
+            if self not in _creations:
+                mark(self)
+
+    return wrapper
+
+
+def _recording_on_failure(create: Any) -> Any:
+    @functools.wraps(create)
+    def wrapper(self: CloudFormationResponse) -> Any:
+        disable_rollback = self._get_bool_param("DisableRollback", False)
+        on_failure = self._get_param("OnFailure") or (
+            "DO_NOTHING" if disable_rollback else "ROLLBACK"
+        )
+        # Held throughout, so that no signal fails the stack before this is recorded.
+        with _lock:
+            result = create(self)
+            stack = self.cloudformation_backend.get_stack(self._get_param("StackName"))
+            stack.disable_rollback = on_failure == "DO_NOTHING"
+            if stack in _creations:
+                _creations[stack].on_failure = on_failure
+        return result
+
+    return wrapper
+
+
+def _signal_resource(self: CloudFormationResponse) -> EmptyResult:
+    backend = self.cloudformation_backend
+    logical_id = self._get_param("LogicalResourceId")
+    unique_id = self._get_param("UniqueId")
+    with _lock:
+        _expire(backend)  # a late signal finds the stack failed, as it would be
+        stack = backend.get_stack(self._get_param("StackName"))
+        if stack.status != "CREATE_IN_PROGRESS":
+            raise ValidationError(
+                message=f"Stack {stack.stack_id} is in {stack.status} state and cannot be signaled"
+            )
+        if logical_id not in stack.template_dict["Resources"]:
+            raise ValidationError(
+                message=f"Resource {logical_id} does not exist for stack {stack.name}"
+            )
+        creation = _creations.get(stack)
+        awaited = creation.awaited.get(logical_id) if creation else None
+        if creation is None or awaited is None:
+            raise ValidationError(
+                message=f"Resource {logical_id} in stack {stack.stack_id} is in CREATE_COMPLETE"
+                " state and cannot be signaled"
+            )
+        if self._get_param("Status") == "FAILURE":
+            _fail(backend, stack, logical_id, f"Received FAILURE signal with UniqueId {unique_id}")
+        elif unique_id not in awaited.unique_ids:
+            awaited.unique_ids.add(unique_id)
+            reason = f"Received SUCCESS signal with UniqueId {unique_id}"
+            _resource_event(stack, logical_id, "CREATE_IN_PROGRESS", reason)
+            if len(awaited.unique_ids) >= awaited.count:
+                del creation.awaited[logical_id]
+                _resource_event(stack, logical_id, "CREATE_COMPLETE")
+                if not creation.awaited:
+                    del _creations[stack]
+                    stack.verify_readiness()  # moto's own test, then mark_creation_complete
+    return EmptyResult()
+
+
+def apply() -> None:
+    # These are moto's internals: fail loudly if a new moto moved them.
+    internals: tuple[tuple[Any, str], ...] = (
+        (models, "unix_time"),
+        (models, "unix_time_millis"),
+        (SQSBackend, "is_message_valid_based_on_retention_period"),
+        (SQSBackend, "receive_message"),
+        (Queue, "delete_message"),
+        (Stack, "create_resources"),
+        (Stack, "mark_creation_complete"),
+        (Stack, "verify_readiness"),
+        (Stack, "_add_stack_event"),
+        (CloudFormationBackend, "describe_stacks"),
+        (CloudFormationBackend, "describe_stack_events"),
+        (CloudFormationResponse, "create_stack"),
+    )
+    for owner, name in internals:
+        if not hasattr(owner, name):
+            raise RuntimeError(f"moto {owner.__name__}.{name} is gone: update motoserver.py")
+    if hasattr(CloudFormationResponse, "signal_resource"):
+        raise RuntimeError("moto implements SignalResource now: update motoserver.py")
+    models.unix_time = _unix_time  # type: ignore[attr-defined]
+    models.unix_time_millis = _unix_time_millis  # type: ignore[attr-defined]
+    SQSBackend.is_message_valid_based_on_retention_period = _retained  # type: ignore[method-assign]
+    SQSBackend.receive_message = _locked_receive(SQSBackend.receive_message)  # type: ignore[method-assign]
+    Queue.delete_message = _locked_delete(Queue.delete_message)  # type: ignore[method-assign]
+    Stack.create_resources = _awaiting_signals(Stack.create_resources)  # type: ignore[method-assign]
+    Stack.mark_creation_complete = _complete_once_signaled(Stack.mark_creation_complete)  # type: ignore[method-assign]
+    backend, response = CloudFormationBackend, CloudFormationResponse
+    backend.describe_stacks = _expiring(backend.describe_stacks)  # type: ignore[method-assign]
+    backend.describe_stack_events = _expiring(backend.describe_stack_events)  # type: ignore[method-assign]
+    response.create_stack = _recording_on_failure(response.create_stack)  # type: ignore[method-assign]
+    response.signal_resource = _signal_resource  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    apply()
+    main(sys.argv[1:])

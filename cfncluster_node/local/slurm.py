@@ -1,0 +1,363 @@
+"""A private Slurm controller on this machine, for the tests, the benchmarks and the demo.
+
+Starts munged (if none runs) and a slurmctld with its own slurm.conf, state directory and
+ports under ``root``, without systemd. Debian's ``slurm-wlm`` and ``munge`` must be
+installed (``make test`` and ``make demo`` install them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Self
+
+from cfncluster_node.config import SlurmSettings
+from cfncluster_node.local.cloud import free_port
+
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+
+SLURM_CONF = """\
+ClusterName=cfnlocal
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=slurm
+AuthType=auth/munge
+CredType=cred/munge
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+ReturnToService=2
+MaxNodeCount={max_nodes}
+MaxJobCount=50000
+MaxArraySize=20001
+TreeWidth=65533
+PrivateData=cloud
+CommunicationParameters=NoAddrCache
+SlurmdTimeout=3600
+Nodeset=computeset Feature={feature}
+PartitionName=compute Nodes=computeset Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+class SlurmUnavailable(RuntimeError):
+    pass
+
+
+class LocalSlurm:
+    """A slurmctld under ``root``, a directory the slurm user can reach (not a 0700 tmp)."""
+
+    def __init__(self, root: Path, *, feature: str = "compute", max_nodes: int = 5000) -> None:
+        self.root = root
+        self.feature = feature
+        self.max_nodes = max_nodes
+        self.conf = root / "slurm.conf"
+        self._slurmds: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def settings(self) -> SlurmSettings:
+        return SlurmSettings(feature=self.feature, conf=self.conf, command_timeout=60)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"SLURM_CONF": str(self.conf)}
+
+    def start(self) -> None:
+        for program in ("slurmctld", "munged", "scontrol"):
+            if shutil.which(program, path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None:
+                raise SlurmUnavailable(f"{program} not found: apt-get install slurm-wlm munge")
+        self._start_munged()
+        for sub in ("state", "spool"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(
+            SLURM_CONF.format(
+                host=socket.gethostname().split(".")[0],
+                ctld_port=free_port(),
+                slurmd_port=free_port(),
+                root=self.root,
+                max_nodes=self.max_nodes,
+                feature=self.feature,
+            )
+        )
+        slurm = pwd.getpwnam("slurm")
+        for path in [self.root, *self.root.iterdir()]:
+            os.chown(path, slurm.pw_uid, slurm.pw_gid)
+        # -c: a clean start, no node or job state from an earlier run.
+        subprocess.run(["/usr/sbin/slurmctld", "-c"], env=self._env(), check=True)
+        self._wait_for("slurmctld", ["scontrol", "ping"], "UP")
+
+    def _start_munged(self) -> None:
+        if _munge_answers():
+            return
+        MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+        munge = pwd.getpwnam("munge")
+        for path in (MUNGE_SOCKET.parent, Path("/var/log/munge"), Path("/var/lib/munge")):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, munge.pw_uid, munge.pw_gid)
+        # munged is the machine's daemon, shared by every Slurm here: it is left running.
+        subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+        deadline = time.monotonic() + 10
+        while not _munge_answers():
+            if time.monotonic() > deadline:
+                raise SlurmUnavailable("munged did not answer within 10 s")
+            time.sleep(0.05)
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def _wait_for(self, what: str, argv: list[str], expected: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = subprocess.run(argv, env=self._env(), capture_output=True, text=True)
+            if expected in result.stdout:
+                return
+            time.sleep(0.1)
+        log = self.root / "slurmctld.log"
+        tail = log.read_text()[-2000:] if log.exists() else ""
+        raise SlurmUnavailable(f"{what} did not come up within {timeout:g} s\n{tail}")
+
+    def scontrol(self, *args: str) -> str:
+        result = subprocess.run(
+            ["scontrol", *args], env=self._env(), capture_output=True, text=True, check=True
+        )
+        return result.stdout
+
+    def squeue(self, *args: str) -> str:
+        result = subprocess.run(
+            ["squeue", *args], env=self._env(), capture_output=True, text=True, check=True
+        )
+        return result.stdout
+
+    def start_slurmd(self, nodename: str, cpus: int) -> None:
+        """A real slurmd for one registered node, so jobs really run (-Z: dynamic node)."""
+        process = subprocess.Popen(
+            [
+                "/usr/sbin/slurmd",
+                "-D",
+                "-Z",
+                "--conf",
+                f"CPUs={cpus} Features={self.feature}",
+                "-N",
+                nodename,
+            ],
+            env=self._env(),
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / f"slurmd-{nodename}.log").open("w"),
+        )
+        self._slurmds.append(process)
+        self._wait_for(
+            "slurmd", ["scontrol", "-o", "show", "node", nodename], "State=IDLE+DYNAMIC_NORM "
+        )
+
+    def stop_slurmds(self) -> None:
+        # Jobs first: a job step outlives a slurmd stopped under it.
+        if self._slurmds:
+            self._cancel_jobs()
+        for process in self._slurmds:
+            process.terminate()
+            process.wait(timeout=30)
+        self._slurmds.clear()
+
+    def sbatch(self, *args: str) -> str:
+        """Submit a job as root; returns its id."""
+        result = subprocess.run(
+            # The job's output stays with this controller, not in the caller's directory.
+            ["sbatch", "--parsable", f"--output={self.root}/job-%j.out", *args],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip().split(";")[0]
+
+    def scancel(self, *args: str) -> None:
+        subprocess.run(["scancel", *args], env=self._env(), capture_output=True, check=True)
+
+    def _cancel_jobs(self) -> None:
+        self.scancel("--full", "-u", "root")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and self._jobs_left():
+            time.sleep(0.1)
+
+    def _jobs_left(self) -> bool:
+        listed = subprocess.run(["squeue", "-h"], env=self._env(), capture_output=True, text=True)
+        return bool(listed.stdout.strip())
+
+    def reset(self) -> None:
+        """Delete every dynamic node and job, so each test starts from an empty cluster."""
+        # A node still finishing a cancelled job cannot be deleted yet.
+        self._cancel_jobs()
+        text = self.scontrol("-o", "-F", "show", "node")
+        names = [
+            line.split()[0].removeprefix("NodeName=")
+            for line in text.splitlines()
+            if line.startswith("NodeName=")
+        ]
+        if names:
+            subprocess.run(
+                ["scontrol", "delete", f"NodeName={','.join(names)}"],
+                env=self._env(),
+                capture_output=True,
+            )
+
+    def stop(self) -> None:
+        self.stop_slurmds()
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            subprocess.run(
+                ["scontrol", "shutdown", "slurmctld"],
+                env=self._env(),
+                capture_output=True,
+                timeout=30,
+            )
+        pid_file = self.root / "slurmctld.pid"
+        deadline = time.monotonic() + 15
+        while pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_file.exists():  # it did not shut down: no controller outlives its tests
+            with contextlib.suppress(ValueError, OSError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _munge_answers() -> bool:
+    if not MUNGE_SOCKET.exists():
+        return False
+    credential = subprocess.run(["munge", "-n"], capture_output=True)
+    if credential.returncode != 0:
+        return False
+    return subprocess.run(["unmunge"], input=credential.stdout, capture_output=True).returncode == 0
+
+
+class ComputeNodes:
+    """Compute nodes on this machine for the demo: each one a network namespace with its own
+    address on a bridge, and a real slurmd in it.
+
+    slurmd cannot listen on another port or address than slurm.conf's, so two on one
+    network stack collide; in namespaces each listens on the standard port of its own
+    address, and slurmctld reaches it at its NodeAddr as on a real cluster. Each slurmd
+    has its own copy of slurm.conf: the controller's bridge address, its own spool.
+    """
+
+    BRIDGE = "cfnbr0"
+    GATEWAY = "172.30.0.1"
+    _PREFIX = 16
+
+    def __init__(self, slurm: LocalSlurm) -> None:
+        self._slurm = slurm
+        self._nodes: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
+        self._next = 0
+
+    @staticmethod
+    def address(n: int) -> str:
+        return f"172.30.{1 + n // 250}.{n % 250 + 1}"
+
+    def open(self) -> None:
+        if shutil.which("ip") is None or shutil.which("nsenter") is None:
+            raise SlurmUnavailable("ip and nsenter not found: apt-get install iproute2 util-linux")
+        self._remove_stale()
+        _ip("link", "add", self.BRIDGE, "type", "bridge")
+        _ip("addr", "add", f"{self.GATEWAY}/{self._PREFIX}", "dev", self.BRIDGE)
+        _ip("link", "set", self.BRIDGE, "up")
+
+    def start(self, name: str, address: str, cpus: int) -> None:
+        """Boot node ``name`` at ``address``: its namespace, then its slurmd."""
+        index = self._next
+        self._next += 1
+        namespace, veth = f"cfn-{name}", f"cfnv{index}"
+        _ip("netns", "add", namespace)
+        _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+        _ip("link", "set", veth, "master", self.BRIDGE, "up")
+        inside = ("-n", namespace)
+        _ip(*inside, "addr", "add", f"{address}/{self._PREFIX}", "dev", "eth0")
+        _ip(*inside, "link", "set", "eth0", "up")
+        _ip(*inside, "link", "set", "lo", "up")
+        home = self._slurm.root / "nodes" / name
+        (home / "spool").mkdir(parents=True, exist_ok=True)
+        conf = home / "slurm.conf"
+        conf.write_text(
+            self._slurm.conf.read_text()
+            .replace("(127.0.0.1)", f"({self.GATEWAY})")
+            .replace(f"SlurmdSpoolDir={self._slurm.root}/spool", f"SlurmdSpoolDir={home}/spool")
+            .replace(f"SlurmdPidFile={self._slurm.root}/", f"SlurmdPidFile={home}/")
+        )
+        # nsenter, not `ip netns exec`: that remounts /sys, and slurmd needs its cgroups.
+        process = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{namespace}",
+                "/usr/sbin/slurmd",
+                "-D",
+                "-Z",
+                "-f",
+                str(conf),
+                "--conf",
+                f"CPUs={cpus} Features={self._slurm.feature}",
+                "-N",
+                name,
+            ],
+            env={**os.environ, "SLURM_CONF": str(conf)},
+            stdout=subprocess.DEVNULL,
+            stderr=(home / "slurmd.log").open("w"),
+        )
+        self._nodes[name] = (index, process)
+
+    def stop(self, name: str) -> None:
+        """Shut node ``name`` down, booted or not: its slurmd, then its namespace (the veth
+        goes with it)."""
+        booted = self._nodes.pop(name, None)
+        if booted is not None:
+            process = booted[1]
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        subprocess.run(["ip", "netns", "del", f"cfn-{name}"], capture_output=True)
+
+    def close(self) -> None:
+        for name in list(self._nodes):
+            self.stop(name)
+        subprocess.run(["ip", "link", "del", self.BRIDGE], capture_output=True)
+
+    def _remove_stale(self) -> None:
+        """What a demo killed with SIGKILL left behind."""
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for line in listed.splitlines():
+            if line.startswith("cfn-"):
+                subprocess.run(["ip", "netns", "del", line.split()[0]], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.BRIDGE], capture_output=True)
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)

@@ -1,0 +1,43 @@
+"""The wire contract between the head node, the compute nodes and the stack: pure values.
+
+What two sides must agree on lives here once, so the operator's template and the head
+node's daemons can never drift apart: the events on the cluster queue, the instance
+table's keys, and the metric the scale-up alarms read. ``docs/protocol.md`` says the same
+in prose, with the lineage's compatibility notes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+# The queue (docs/protocol.md, "The cluster queue").
+LAUNCH_EVENT: Final = "autoscaling:EC2_INSTANCE_LAUNCH"
+TERMINATE_EVENT: Final = "autoscaling:EC2_INSTANCE_TERMINATE"
+LAUNCH_ERROR_EVENT: Final = "autoscaling:EC2_INSTANCE_LAUNCH_ERROR"
+TERMINATE_ERROR_EVENT: Final = "autoscaling:EC2_INSTANCE_TERMINATE_ERROR"
+TEST_EVENT: Final = "autoscaling:TEST_NOTIFICATION"
+READY_EVENT: Final = "cfncluster:COMPUTE_READY"
+# What ParallelCluster 2.x compute nodes send instead of READY_EVENT.
+PARALLELCLUSTER_READY_EVENT: Final = "parallelcluster:COMPUTE_READY"
+# This project's own: a compute node's clean shutdown. The lineage never sent it.
+LEAVE_EVENT: Final = "cfncluster:COMPUTE_LEAVE"
+
+# The instance table (docs/protocol.md, "The instance table").
+TABLE_KEY: Final = "instanceId"
+TABLE_TTL_ATTRIBUTE: Final = "expiresAt"
+
+# The metric (docs/protocol.md, "The pending-work metric and the alarms").
+METRIC_NAMESPACE: Final = "cfncluster"
+PENDING_METRIC: Final = "pending"
+METRIC_DIMENSION: Final = "Stack"
+
+
+def table_definition(name: str) -> dict[str, Any]:
+    """CreateTable's parameters: the stack's template and the local playground build the
+    table from these, so both have the key the daemons read."""
+    return {
+        "TableName": name,
+        "AttributeDefinitions": [{"AttributeName": TABLE_KEY, "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": TABLE_KEY, "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    }

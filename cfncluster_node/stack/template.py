@@ -1,0 +1,495 @@
+"""The cluster's CloudFormation template, rendered from its ``ClusterConfig``.
+
+One stack holds everything a cluster is: the queue (with its dead-letter queue) fed by
+the Auto Scaling topic, the instance table, the compute group and its launch template,
+the pending-jobs alarms and scaling policies (elastic mode), the shared EBS volume, the
+head node with its creation policy, the IAM roles (``policy``), the security group.
+
+The head node learns its configuration from its user data: ``node_config`` renders the
+``node.toml`` it writes, with ``${...}`` placeholders that ``Fn::Sub`` fills in.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cfncluster_node import protocol
+from cfncluster_node.stack import policy
+from cfncluster_node.stack.clusterconfig import ClusterConfig
+
+Json = dict[str, Any]
+
+HEAD_NODE = "HeadNode"  # the logical id the head node signals
+SHARED_DEVICE = "/dev/sdf"
+NODE_CONFIG_PATH = "/etc/cfncluster/node.toml"
+COMPUTE_ENV_PATH = "/etc/default/cfncluster-compute"
+# Auto Scaling's notifications the SQS watcher acts on.
+NOTIFICATIONS = [
+    "autoscaling:EC2_INSTANCE_LAUNCH",
+    "autoscaling:EC2_INSTANCE_LAUNCH_ERROR",
+    "autoscaling:EC2_INSTANCE_TERMINATE",
+    "autoscaling:EC2_INSTANCE_TERMINATE_ERROR",
+]
+_RETENTION_S = 14 * 24 * 3600  # SQS's maximum: a stuck head node loses nothing for two weeks
+_MAX_RECEIVES = 5
+_VISIBILITY_S = 120  # the SQS watcher's default visibility_timeout
+
+
+def _ref(name: str) -> Json:
+    return {"Ref": name}
+
+
+def _att(name: str, attribute: str) -> Json:
+    return {"Fn::GetAtt": [name, attribute]}
+
+
+def _sub(text: str) -> Json:
+    return {"Fn::Sub": text}
+
+
+def _tags(name: str) -> list[Json]:
+    return [{"Key": "Name", "Value": _sub(name)}]
+
+
+def render(cluster: ClusterConfig) -> Json:
+    resources: Json = {
+        **_messaging(),
+        **_table(),
+        **_security(cluster),
+        **_roles(cluster),
+        **_head_node(cluster),
+        **_shared_volume(cluster),
+        **_compute(cluster),
+    }
+    if cluster.scaling.mode == "elastic":
+        resources.update(_scaling(cluster))
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": "cfncluster-node: an elastic HPC cluster",
+        "Parameters": {
+            name: {"Type": kind, "Description": description}
+            for name, (kind, description) in _NETWORK_PARAMETERS.items()
+        },
+        "Resources": resources,
+        "Outputs": _outputs(cluster),
+    }
+
+
+def to_json(template: Json) -> str:
+    return json.dumps(template, indent=1, sort_keys=True)
+
+
+# Where the cluster lives is passed as parameters, so CloudFormation checks they exist.
+_NETWORK_PARAMETERS = {
+    "VpcId": ("AWS::EC2::VPC::Id", "the cluster's VPC"),
+    "SubnetId": ("AWS::EC2::Subnet::Id", "the subnet of every instance"),
+    "AvailabilityZone": ("AWS::EC2::AvailabilityZone::Name", "the subnet's zone"),
+}
+
+
+def parameters(cluster: ClusterConfig) -> list[dict[str, str]]:
+    """CreateStack's Parameters for ``render(cluster)``."""
+    network = cluster.network
+    values = {
+        "VpcId": network.vpc_id,
+        "SubnetId": network.subnet_id,
+        "AvailabilityZone": network.availability_zone,
+    }
+    return [{"ParameterKey": key, "ParameterValue": value} for key, value in values.items()]
+
+
+def _messaging() -> Json:
+    return {
+        "DeadLetterQueue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": _sub(policy.DEAD_LETTER_QUEUE),
+                "MessageRetentionPeriod": _RETENTION_S,
+                "SqsManagedSseEnabled": True,
+            },
+        },
+        "Queue": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": _sub(policy.QUEUE),
+                "MessageRetentionPeriod": _RETENTION_S,
+                "VisibilityTimeout": _VISIBILITY_S,
+                "SqsManagedSseEnabled": True,
+                "RedrivePolicy": {
+                    "deadLetterTargetArn": _att("DeadLetterQueue", "Arn"),
+                    "maxReceiveCount": _MAX_RECEIVES,
+                },
+            },
+        },
+        # Only the topic may send on its own; compute nodes send through their role.
+        "QueuePolicy": {
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [_ref("Queue")],
+                "PolicyDocument": policy.document(
+                    [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "sns.amazonaws.com"},
+                            "Action": "sqs:SendMessage",
+                            "Resource": _att("Queue", "Arn"),
+                            "Condition": {"ArnEquals": {"aws:SourceArn": _ref("Topic")}},
+                        }
+                    ]
+                ),
+            },
+        },
+        # Inline subscription (not AWS::SNS::Subscription): one resource, created with it.
+        "Topic": {
+            "Type": "AWS::SNS::Topic",
+            "Properties": {
+                "TopicName": _sub(policy.TOPIC),
+                "Subscription": [{"Protocol": "sqs", "Endpoint": _att("Queue", "Arn")}],
+            },
+        },
+    }
+
+
+def _table() -> Json:
+    definition = protocol.table_definition("unused")
+    return {
+        "InstanceTable": {
+            "Type": "AWS::DynamoDB::Table",
+            "Properties": {
+                "TableName": _sub(policy.TABLE),
+                "AttributeDefinitions": definition["AttributeDefinitions"],
+                "KeySchema": definition["KeySchema"],
+                "BillingMode": definition["BillingMode"],
+                "TimeToLiveSpecification": {
+                    "AttributeName": protocol.TABLE_TTL_ATTRIBUTE,
+                    "Enabled": True,
+                },
+            },
+        }
+    }
+
+
+def _security(cluster: ClusterConfig) -> Json:
+    network = cluster.network
+    # NFS, the scheduler's ports and MPI: any port between the cluster's instances.
+    ingress: list[Json] = [
+        {
+            "IpProtocol": protocol,
+            "FromPort": 0,
+            "ToPort": 65535,
+            "CidrIp": str(network.vpc_cidr),
+            "Description": "cluster traffic",
+        }
+        for protocol in ("tcp", "udp")
+    ]
+    if network.ssh_from is not None:
+        ingress.append(
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 22,
+                "ToPort": 22,
+                "CidrIp": str(network.ssh_from),
+                "Description": "SSH to the head node",
+            }
+        )
+    return {
+        "SecurityGroup": {
+            "Type": "AWS::EC2::SecurityGroup",
+            "Properties": {
+                "GroupDescription": _sub("cfncluster-node ${AWS::StackName}"),
+                "VpcId": _ref("VpcId"),
+                "SecurityGroupIngress": ingress,
+                "Tags": _tags("${AWS::StackName}"),
+            },
+        }
+    }
+
+
+def _role(name: str, statements: list[Json]) -> Json:
+    return {
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "AssumeRolePolicyDocument": policy.document(
+                [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "ec2.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ]
+            ),
+            "Path": "/",
+            "Policies": [{"PolicyName": name, "PolicyDocument": policy.document(statements)}],
+        },
+    }
+
+
+def _roles(cluster: ClusterConfig) -> Json:
+    jobs = policy.s3_statements(cluster.s3_access)
+    resources: Json = {
+        "HeadNodeRole": _role("head-node", policy.head_node_statements()),
+        "ComputeRole": _role("compute-node", policy.compute_node_statements()),
+        "HeadNodeProfile": {
+            "Type": "AWS::IAM::InstanceProfile",
+            "Properties": {"Path": "/", "Roles": [_ref("HeadNodeRole")]},
+        },
+        "ComputeProfile": {
+            "Type": "AWS::IAM::InstanceProfile",
+            "Properties": {"Path": "/", "Roles": [_ref("ComputeRole")]},
+        },
+    }
+    if jobs:
+        resources["S3AccessPolicy"] = {
+            "Type": "AWS::IAM::Policy",
+            "Properties": {
+                "PolicyName": "s3-access",
+                "PolicyDocument": policy.document(jobs),
+                "Roles": [_ref("HeadNodeRole"), _ref("ComputeRole")],
+            },
+        }
+    return resources
+
+
+def node_config(cluster: ClusterConfig) -> str:
+    """The head node's node.toml, with ``${...}`` for ``Fn::Sub`` (``$${`` escapes none here)."""
+    elastic = cluster.scaling.mode == "elastic"
+    services = ["sqswatcher", "publisher", "reconciler", *(["scalein"] if elastic else [])]
+    volume = cluster.shared_volume
+    lines = [
+        "[cluster]",
+        'stack_name = "${AWS::StackName}"',
+        'region = "${AWS::Region}"',
+        f'scheduler = "{cluster.cluster.scheduler}"',
+        'table = "${InstanceTable}"',
+        f'compute_group = "{policy.COMPUTE_GROUP}"',
+        f'signal_resource = "{HEAD_NODE}"',
+        "",
+        "[sqswatcher]",
+        'queue = "${Queue}"',
+        f"visibility_timeout = {_VISIBILITY_S}",
+        "",
+        "[scalein]",
+        f"idle_minutes = {cluster.scaling.idle_minutes}",
+        "",
+        "[supervisor]",
+        f"services = {json.dumps(services)}",
+        "",
+        "[storage.scratch]",
+        'mount_point = "/scratch"',
+        "",
+        "[[storage.shared]]",
+        f'device = "{SHARED_DEVICE}"',
+        'volume_id = "${SharedVolume}"',
+        f'mount_point = "{volume.mount_point}"',
+        f'fs_type = "{volume.fs_type}"',
+        f'export_to = "{cluster.network.vpc_cidr}"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+_NODE_TOML_START = f"cat > {NODE_CONFIG_PATH} <<'NODE_TOML'"
+_NODE_TOML_END = "NODE_TOML"
+
+
+def node_config_in(user_data: str) -> str:
+    """The node.toml inside a head node's user data script."""
+    after = user_data.split(f"{_NODE_TOML_START}\n", 1)[1]
+    return after.split(f"\n{_NODE_TOML_END}\n", 1)[0] + "\n"
+
+
+def _script(*lines: str) -> str:
+    return "\n".join(["#!/bin/bash", "set -euo pipefail", *lines, ""])
+
+
+def _head_node_user_data(cluster: ClusterConfig) -> str:
+    return _script(
+        f"mkdir -p {NODE_CONFIG_PATH.rsplit('/', 1)[0]}",
+        _NODE_TOML_START,
+        node_config(cluster).rstrip("\n"),
+        _NODE_TOML_END,
+        # The unit signals CloudFormation itself, success or failure (creation policy).
+        "systemctl enable --now cfncluster-node.service",
+    )
+
+
+def _head_node(cluster: ClusterConfig) -> Json:
+    head = cluster.head_node
+    properties: Json = {
+        "ImageId": head.image_id,
+        "InstanceType": head.instance_type,
+        "IamInstanceProfile": _ref("HeadNodeProfile"),
+        "NetworkInterfaces": [
+            {
+                "DeviceIndex": "0",
+                "SubnetId": _ref("SubnetId"),
+                "GroupSet": [_ref("SecurityGroup")],
+                "AssociatePublicIpAddress": cluster.network.public_ip,
+            }
+        ],
+        "UserData": {"Fn::Base64": _sub(_head_node_user_data(cluster))},
+        "Tags": _tags("${AWS::StackName}-head"),
+    }
+    if cluster.cluster.key_name:
+        properties["KeyName"] = cluster.cluster.key_name
+    return {
+        HEAD_NODE: {
+            "Type": "AWS::EC2::Instance",
+            "CreationPolicy": {
+                "ResourceSignal": {"Count": 1, "Timeout": f"PT{head.ready_timeout_minutes}M"}
+            },
+            "Properties": properties,
+        }
+    }
+
+
+def _shared_volume(cluster: ClusterConfig) -> Json:
+    volume = cluster.shared_volume
+    properties: Json = {
+        "AvailabilityZone": _ref("AvailabilityZone"),
+        "Size": volume.size,
+        "VolumeType": volume.type,
+        "Encrypted": volume.encrypted,
+        "Tags": _tags("${AWS::StackName}-shared"),
+    }
+    optional = {
+        "Iops": volume.iops,
+        "Throughput": volume.throughput,
+        "KmsKeyId": volume.kms_key_id,
+        "SnapshotId": volume.snapshot_id,
+    }
+    properties.update({key: value for key, value in optional.items() if value is not None})
+    deletion = volume.on_stack_delete.capitalize()
+    return {
+        "SharedVolume": {
+            "Type": "AWS::EC2::Volume",
+            "DeletionPolicy": deletion,
+            "UpdateReplacePolicy": deletion,
+            "Properties": properties,
+        }
+    }
+
+
+def _compute_user_data() -> str:
+    return _script(
+        f"cat > {COMPUTE_ENV_PATH} <<'COMPUTE_ENV'",
+        "CFNCLUSTER_QUEUE_URL=${Queue}",
+        "AWS_REGION=${AWS::Region}",
+        "CFNCLUSTER_HEAD_NODE=${HeadNode.PrivateIp}",
+        "COMPUTE_ENV",
+        # Announces ready now and leave at shutdown (systemd/cfncluster-compute.service).
+        "systemctl enable --now cfncluster-compute.service",
+    )
+
+
+def _compute(cluster: ClusterConfig) -> Json:
+    compute = cluster.compute
+    data: Json = {
+        "ImageId": compute.image_id,
+        "InstanceType": compute.instance_type,
+        "IamInstanceProfile": {"Arn": _att("ComputeProfile", "Arn")},
+        "SecurityGroupIds": [_ref("SecurityGroup")],
+        "UserData": {"Fn::Base64": _sub(_compute_user_data())},
+    }
+    if cluster.cluster.key_name:
+        data["KeyName"] = cluster.cluster.key_name
+    if compute.purchase == "spot":
+        spot: Json = {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}
+        if compute.spot_max_price is not None:
+            spot["MaxPrice"] = f"{compute.spot_max_price:g}"
+        data["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": spot}
+    return {
+        "ComputeLaunchTemplate": {
+            "Type": "AWS::EC2::LaunchTemplate",
+            "Properties": {
+                "LaunchTemplateName": _sub("${AWS::StackName}-compute"),
+                "LaunchTemplateData": data,
+            },
+        },
+        "ComputeGroup": {
+            "Type": "AWS::AutoScaling::AutoScalingGroup",
+            # Compute nodes announce themselves to a head node that is up.
+            "DependsOn": HEAD_NODE,
+            "Properties": {
+                "AutoScalingGroupName": _sub(policy.COMPUTE_GROUP),
+                "LaunchTemplate": {
+                    "LaunchTemplateId": _ref("ComputeLaunchTemplate"),
+                    "Version": _att("ComputeLaunchTemplate", "LatestVersionNumber"),
+                },
+                "MinSize": str(compute.min_size),
+                "MaxSize": str(compute.max_size),
+                "DesiredCapacity": str(compute.desired_size),
+                "VPCZoneIdentifier": [_ref("SubnetId")],
+                "NotificationConfigurations": [
+                    {"TopicARN": _ref("Topic"), "NotificationTypes": NOTIFICATIONS}
+                ],
+                "Tags": [
+                    {
+                        "Key": "Name",
+                        "Value": _sub("${AWS::StackName}-compute"),
+                        "PropagateAtLaunch": True,
+                    }
+                ],
+            },
+        },
+    }
+
+
+def _scaling(cluster: ClusterConfig) -> Json:
+    """docs/protocol.md: a step on the average, a larger one on the sum."""
+    scaling = cluster.scaling
+    steps = [
+        ("", "Average", scaling.threshold, scaling.adjustment),
+        ("Large", "Sum", scaling.large_threshold, scaling.large_adjustment),
+    ]
+    resources: Json = {}
+    for suffix, statistic, threshold, adjustment in steps:
+        resources[f"ScaleUp{suffix}Policy"] = {
+            "Type": "AWS::AutoScaling::ScalingPolicy",
+            "Properties": {
+                "AutoScalingGroupName": _ref("ComputeGroup"),
+                "PolicyType": "SimpleScaling",
+                "AdjustmentType": "ChangeInCapacity",
+                "ScalingAdjustment": adjustment,
+                "Cooldown": str(scaling.cooldown),
+            },
+        }
+        resources[f"Pending{suffix}Alarm"] = {
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmDescription": _sub(
+                    f"${{AWS::StackName}}: add {adjustment} compute node(s) when the "
+                    f"{statistic.lower()} of pending work is {threshold:g} or more"
+                ),
+                "Namespace": protocol.METRIC_NAMESPACE,
+                "MetricName": protocol.PENDING_METRIC,
+                "Dimensions": [
+                    {"Name": protocol.METRIC_DIMENSION, "Value": _ref("AWS::StackName")}
+                ],
+                "Statistic": statistic,
+                "Period": 60,
+                "EvaluationPeriods": scaling.evaluation_periods,
+                "Threshold": threshold,
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+                "TreatMissingData": "notBreaching",
+                "AlarmActions": [_ref(f"ScaleUp{suffix}Policy")],
+            },
+        }
+    return resources
+
+
+def _outputs(cluster: ClusterConfig) -> Json:
+    outputs: Json = {
+        "HeadNodeInstanceId": _ref(HEAD_NODE),
+        "HeadNodePrivateIp": _att(HEAD_NODE, "PrivateIp"),
+        "QueueUrl": _ref("Queue"),
+        "DeadLetterQueueUrl": _ref("DeadLetterQueue"),
+        "TopicArn": _ref("Topic"),
+        "InstanceTable": _ref("InstanceTable"),
+        "ComputeGroup": _ref("ComputeGroup"),
+        "SharedVolume": _ref("SharedVolume"),
+    }
+    if cluster.network.public_ip:
+        outputs["HeadNodePublicIp"] = _att(HEAD_NODE, "PublicIp")
+    return {key: {"Value": value} for key, value in outputs.items()}
