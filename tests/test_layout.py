@@ -32,6 +32,7 @@ PURE = {
     "node.drift",
     "schedulers",
     "schedulers.hostlist",
+    "schedulers.slurmconf",
     "storage",
     "storage.devices",
     "storage.plan",

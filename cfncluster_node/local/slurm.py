@@ -1,13 +1,17 @@
 """A private Slurm controller on this machine, for the tests, the benchmarks and the demo.
 
-Starts munged (if none runs) and a slurmctld with its own slurm.conf, state directory and
-ports under ``root``, without systemd. Debian's ``slurm-wlm`` and ``munge`` must be
-installed (``make test`` and ``make demo`` install them).
+Starts munged (if none runs) and a slurmctld with its own state directory and ports
+under ``root``, without systemd. Its slurm.conf is the product's
+(``schedulers.slurmconf``), rendered with this machine's paths and ports: only what
+stands in for a real head node (where things live, who starts the daemons) is local.
+Debian's ``slurm-wlm`` and ``munge`` must be installed (``make test`` and ``make demo``
+install them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pwd
 import shutil
@@ -20,41 +24,9 @@ from typing import Self
 
 from cfncluster_node.config import SlurmSettings
 from cfncluster_node.local.cloud import free_port
+from cfncluster_node.schedulers import slurmconf
 
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
-
-SLURM_CONF = """\
-ClusterName=cfnlocal
-SlurmctldHost={host}(127.0.0.1)
-SlurmUser=slurm
-AuthType=auth/munge
-CredType=cred/munge
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
-StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
-SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
-SlurmctldLogFile={root}/slurmctld.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SchedulerType=sched/backfill
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
-ReturnToService=2
-MaxNodeCount={max_nodes}
-MaxJobCount=50000
-MaxArraySize=20001
-TreeWidth=65533
-PrivateData=cloud
-CommunicationParameters=NoAddrCache
-SlurmdTimeout=3600
-Nodeset=computeset Feature={feature}
-PartitionName=compute Nodes=computeset Default=YES MaxTime=INFINITE State=UP
-"""
 
 
 class SlurmUnavailable(RuntimeError):
@@ -69,6 +41,24 @@ class LocalSlurm:
         self.feature = feature
         self.max_nodes = max_nodes
         self.conf = root / "slurm.conf"
+        self.cluster = slurmconf.SlurmCluster(
+            name="cfnlocal",
+            controller=socket.gethostname().split(".")[0],
+            controller_address="127.0.0.1",
+            max_nodes=self.max_nodes,
+            feature=self.feature,
+            ctld_port=free_port(),
+            slurmd_port=free_port(),
+            state_dir=f"{self.root}/state",
+            # Several slurmds share this file system: each node has its own directory.
+            spool_dir=f"{self.root}/nodes/{slurmconf.NODE_NAME}/spool",
+            ctld_pid_file=f"{self.root}/slurmctld.pid",
+            slurmd_pid_file=f"{self.root}/nodes/{slurmconf.NODE_NAME}/slurmd.pid",
+            log_file=f"{self.root}/slurmctld.log",
+            cgroups=False,
+            # The demo's and the tests' nodes stop without a word: never mark them DOWN.
+            slurmd_timeout=3600,
+        )
         self._slurmds: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -84,18 +74,9 @@ class LocalSlurm:
             if shutil.which(program, path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None:
                 raise SlurmUnavailable(f"{program} not found: apt-get install slurm-wlm munge")
         self._start_munged()
-        for sub in ("state", "spool"):
+        for sub in ("state", "nodes"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(
-            SLURM_CONF.format(
-                host=socket.gethostname().split(".")[0],
-                ctld_port=free_port(),
-                slurmd_port=free_port(),
-                root=self.root,
-                max_nodes=self.max_nodes,
-                feature=self.feature,
-            )
-        )
+        self.conf.write_text(slurmconf.render(self.cluster))
         slurm = pwd.getpwnam("slurm")
         for path in [self.root, *self.root.iterdir()]:
             os.chown(path, slurm.pw_uid, slurm.pw_gid)
@@ -147,6 +128,7 @@ class LocalSlurm:
 
     def start_slurmd(self, nodename: str, cpus: int) -> None:
         """A real slurmd for one registered node, so jobs really run (-Z: dynamic node)."""
+        (self.root / "nodes" / nodename / "spool").mkdir(parents=True, exist_ok=True)
         process = subprocess.Popen(
             [
                 "/usr/sbin/slurmd",
@@ -257,8 +239,8 @@ class ComputeNodes:
 
     slurmd cannot listen on another port or address than slurm.conf's, so two on one
     network stack collide; in namespaces each listens on the standard port of its own
-    address, and slurmctld reaches it at its NodeAddr as on a real cluster. Each slurmd
-    has its own copy of slurm.conf: the controller's bridge address, its own spool.
+    address, and slurmctld reaches it at its NodeAddr as on a real cluster. They share one
+    slurm.conf, the controller's reached at the bridge's address; each has its own spool.
     """
 
     BRIDGE = "cfnbr0"
@@ -267,6 +249,7 @@ class ComputeNodes:
 
     def __init__(self, slurm: LocalSlurm) -> None:
         self._slurm = slurm
+        self._conf = slurm.root / "compute-slurm.conf"
         self._nodes: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         self._next = 0
 
@@ -277,6 +260,9 @@ class ComputeNodes:
     def open(self) -> None:
         if shutil.which("ip") is None or shutil.which("nsenter") is None:
             raise SlurmUnavailable("ip and nsenter not found: apt-get install iproute2 util-linux")
+        # The controller's own slurm.conf, but reached at the bridge's address.
+        controller = dataclasses.replace(self._slurm.cluster, controller_address=self.GATEWAY)
+        self._conf.write_text(slurmconf.render(controller))
         self._remove_stale()
         _ip("link", "add", self.BRIDGE, "type", "bridge")
         _ip("addr", "add", f"{self.GATEWAY}/{self._PREFIX}", "dev", self.BRIDGE)
@@ -296,13 +282,6 @@ class ComputeNodes:
         _ip(*inside, "link", "set", "lo", "up")
         home = self._slurm.root / "nodes" / name
         (home / "spool").mkdir(parents=True, exist_ok=True)
-        conf = home / "slurm.conf"
-        conf.write_text(
-            self._slurm.conf.read_text()
-            .replace("(127.0.0.1)", f"({self.GATEWAY})")
-            .replace(f"SlurmdSpoolDir={self._slurm.root}/spool", f"SlurmdSpoolDir={home}/spool")
-            .replace(f"SlurmdPidFile={self._slurm.root}/", f"SlurmdPidFile={home}/")
-        )
         # nsenter, not `ip netns exec`: that remounts /sys, and slurmd needs its cgroups.
         process = subprocess.Popen(
             [
@@ -312,13 +291,13 @@ class ComputeNodes:
                 "-D",
                 "-Z",
                 "-f",
-                str(conf),
+                str(self._conf),
                 "--conf",
                 f"CPUs={cpus} Features={self._slurm.feature}",
                 "-N",
                 name,
             ],
-            env={**os.environ, "SLURM_CONF": str(conf)},
+            env={**os.environ, "SLURM_CONF": str(self._conf)},
             stdout=subprocess.DEVNULL,
             stderr=(home / "slurmd.log").open("w"),
         )
