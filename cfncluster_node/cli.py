@@ -26,6 +26,7 @@ from cfncluster_node.node import (
     status,
     supervisor,
 )
+from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.schedulers import SchedulerError
 from cfncluster_node.stack import clusterconfig, launcher
 from cfncluster_node.storage import StorageError, setup
@@ -54,6 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StorageError,
         announce.AnnounceError,
         imds.MetadataError,
+        BootstrapError,
         DemoUnavailable,
     ) as exc:
         print(f"cfncluster-node: {exc}", file=sys.stderr)

@@ -155,6 +155,15 @@ class StorageSettings(Section):
     shared: list[SharedVolumeSettings] = Field(default_factory=list)
 
 
+class BootstrapSettings(Section):
+    # The cluster's munge key, a Secrets Manager secret the stack generates (its ARN).
+    munge_key_secret: str = Field(
+        pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$"
+    )
+    munge_key: Path = Path("/etc/munge/munge.key")
+    slurm_dir: Path = Path("/etc/slurm")
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console", "journal"] = "auto"
@@ -171,6 +180,8 @@ class Config(Section):
     slurm: SlurmSettings = SlurmSettings()
     sge: SgeSettings = SgeSettings()
     supervisor: SupervisorSettings = SupervisorSettings()
+    # The stack's head node configures its scheduler and munge itself at every boot.
+    bootstrap: BootstrapSettings | None = None
     logging: LoggingSettings = LoggingSettings()
 
 

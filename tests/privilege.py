@@ -94,6 +94,8 @@ def resources_of(region: str, service: str, params: dict[str, Any]) -> tuple[str
                 f"arn:aws:ec2:{here}:volume/{params['VolumeId']}",
                 f"arn:aws:ec2:{here}:instance/{params['InstanceId']}",
             )
+        case "secretsmanager" if "SecretId" in params:
+            return (str(params["SecretId"]),)
         case "cloudformation" if "StackName" in params:
             return (f"arn:aws:cloudformation:{here}:stack/{params['StackName']}/{_ANY_ID}",)
     return ()

@@ -62,12 +62,18 @@ async def head_node_comes_up(
 ) -> Config:
     """Play the head node: its config from the stack, then storage, scheduler and signal.
 
-    The private Slurm stands in for the head node's, and storage is left out unless given:
-    this machine has no EBS devices (tests/test_ebs.py attaches the volume)."""
+    The private Slurm stands in for the head node's, configured and started already: the
+    bootstrap, which would configure this machine's munge and Slurm under systemd, is
+    left out (the VM test runs it). Storage is left out unless given: this machine has
+    no EBS devices (tests/test_ebs.py attaches the volume)."""
     await until_status(aws, name, "CREATE_IN_PROGRESS")
     text = await launcher.Launcher(aws, REGION, console()).node_config(name)
     settings = config.parse(text, source="user data").model_copy(
-        update={"slurm": slurm.settings, "storage": StorageSettings.model_validate(storage)}
+        update={
+            "slurm": slurm.settings,
+            "storage": StorageSettings.model_validate(storage),
+            "bootstrap": None,
+        }
     )
     os.environ[imds.IMDS_ENV] = await metadata_service(
         {"instance-id": await launcher.Launcher(aws, REGION, console()).head_node_id(name)}

@@ -169,6 +169,7 @@ def node_config(cluster: ClusterConfig) -> Config:
         "${InstanceTable}": "c1-instances",
         "${Queue}": "https://sqs.us-east-1.amazonaws.com/123456789012/c1-queue",
         "${SharedVolume}": "vol-0123456789abcdef0",
+        "${MungeKey}": "arn:aws:secretsmanager:us-east-1:123456789012:secret:c1-munge-key-AbCdEf",
     }.items():
         text = text.replace(name, value)
     assert "${" not in text

@@ -143,6 +143,8 @@ def on_this_machine(settings: Config, slurm: LocalSlurm, scenario: Scenario) -> 
             "cluster": section("cluster", default_slots=CPUS),
             "slurm": slurm.settings,
             "storage": StorageSettings(),
+            # The private Slurm stands in for the head node's munge and slurmctld.
+            "bootstrap": None,
             "publisher": section("publisher", interval=period),
             "scalein": section("scalein", interval=period, grace_seconds=1.0),
             "reconciler": section("reconciler", interval=10 * period, join_timeout=60.0),

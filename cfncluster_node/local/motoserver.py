@@ -29,11 +29,19 @@ waiting for its head node relies on:
    signal, or a Timeout passed when the stack is next described (moto has no clock of its
    own), fails the creation as ``OnFailure`` / ``DisableRollback`` says, which moto's
    ``CreateStack`` ignores: ``CREATE_FAILED``, ``ROLLBACK_COMPLETE`` or deleted.
+
+and because moto's CloudFormation has no ``AWS::SecretsManager::Secret``, which holds the
+cluster's munge key:
+
+5. ``_StackSecret`` creates the secret in moto's Secrets Manager, from its
+   ``SecretString`` or its ``GenerateSecretString``, and deletes it with its stack (at
+   once, as a stack deletion without a recovery window does).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
 import threading
@@ -47,7 +55,9 @@ from moto.cloudformation.models import CloudFormationBackend, Event, Stack
 from moto.cloudformation.parsing import clean_json
 from moto.cloudformation.responses import CloudFormationResponse
 from moto.core import utils
+from moto.core.common_models import CloudFormationModel
 from moto.core.responses import EmptyResult
+from moto.secretsmanager.models import secretsmanager_backends
 from moto.server import main
 from moto.sqs import models
 from moto.sqs.models import Message, Queue, SQSBackend
@@ -269,6 +279,105 @@ def _signal_resource(self: CloudFormationResponse) -> EmptyResult:
                     del _creations[stack]
                     stack.verify_readiness()  # moto's own test, then mark_creation_complete
     return EmptyResult()
+
+
+class _StackSecret(CloudFormationModel):
+    """AWS::SecretsManager::Secret: its Ref is the secret's ARN, as on AWS."""
+
+    # moto files every model under the service its module names (moto.SERVICE.models):
+    # this one is Secrets Manager's, whatever module defines it (here, __main__).
+    __module__ = "moto.secretsmanager.models"
+
+    def __init__(self, arn: str, account_id: str, region_name: str) -> None:
+        self.arn = arn
+        self._account_id = account_id
+        self._region_name = region_name
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "Name"
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::SecretsManager::Secret"
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.arn
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr == "Id"
+
+    def get_cfn_attribute(self, attribute_name: str) -> str:
+        return self.arn
+
+    @classmethod
+    def create_from_cloudformation_json(
+        cls,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> _StackSecret:
+        properties = cloudformation_json.get("Properties", {})
+        backend = secretsmanager_backends[account_id][region_name]
+        value = properties.get("SecretString")
+        if value is None:
+            generate = properties.get("GenerateSecretString", {})
+            value = json.loads(
+                backend.get_random_password(
+                    password_length=int(generate.get("PasswordLength", 32)),
+                    exclude_characters=generate.get("ExcludeCharacters", ""),
+                    exclude_numbers=bool(generate.get("ExcludeNumbers", False)),
+                    exclude_punctuation=bool(generate.get("ExcludePunctuation", False)),
+                    exclude_uppercase=bool(generate.get("ExcludeUppercase", False)),
+                    exclude_lowercase=bool(generate.get("ExcludeLowercase", False)),
+                    include_space=bool(generate.get("IncludeSpace", False)),
+                    require_each_included_type=True,
+                )
+            )["RandomPassword"]
+        created = backend.create_secret(
+            name=properties.get("Name", resource_name),
+            secret_string=value,
+            secret_binary=None,
+            description=properties.get("Description"),
+            tags=properties.get("Tags"),
+            kms_key_id=properties.get("KmsKeyId"),
+            client_request_token=None,
+            replica_regions=[],
+            force_overwrite=False,
+        )
+        return cls(json.loads(created)["ARN"], account_id, region_name)
+
+    @classmethod
+    def update_from_cloudformation_json(
+        cls,
+        original_resource: _StackSecret,
+        new_resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+    ) -> _StackSecret:
+        return original_resource  # the key a cluster runs with never changes under it
+
+    @classmethod
+    def delete_from_cloudformation_json(
+        cls,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+    ) -> None:
+        backend = secretsmanager_backends[account_id][region_name]
+        backend.delete_secret(resource_name, None, True)
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        secretsmanager_backends[account_id][region_name].delete_secret(self.arn, None, True)
+
+    def is_created(self) -> bool:
+        return True
 
 
 def apply() -> None:

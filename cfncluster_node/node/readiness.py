@@ -18,7 +18,8 @@ from collections.abc import Callable
 from cfncluster_node import imds, logs
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, Config
-from cfncluster_node.node import sdnotify
+from cfncluster_node.node import bootstrap, sdnotify
+from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.node.registry import Registry
 from cfncluster_node.schedulers import SchedulerError
 from cfncluster_node.storage import StorageError, setup
@@ -75,17 +76,21 @@ class Readiness:
 
 
 async def bring_up(settings: Config, aws: Aws, registry: Registry) -> None:
-    """Storage first, then a scheduler that answers: the services never start on a
-    half-set-up node. The stack hears the outcome either way."""
+    """Storage first, then the node's own configuration (munge, the scheduler's), then a
+    scheduler that answers: the services never start on a half-set-up node. The stack
+    hears the outcome either way."""
     stack = Readiness(aws, settings.cluster)
-    sdnotify.notify(STATUS="setting up storage")
+    step = "storage"
     try:
+        sdnotify.notify(STATUS="setting up storage")
         await setup.set_up_all(settings.storage, aws=aws)
+        if settings.bootstrap is not None:
+            step = "bootstrap"
+            sdnotify.notify(STATUS="configuring munge and the scheduler")
+            await bootstrap.head_node(settings, settings.bootstrap, aws)
+        step = "scheduler"
         await registry.scheduler.list_hosts()
-    except StorageError as exc:
-        await stack.failed(f"storage: {exc}")
-        raise
-    except SchedulerError as exc:
-        await stack.failed(f"scheduler: {exc}")
+    except (StorageError, BootstrapError, SchedulerError, AwsError) as exc:
+        await stack.failed(f"{step}: {exc}")
         raise
     await stack.ready()

@@ -23,6 +23,7 @@ QUEUE = "${AWS::StackName}-queue"
 DEAD_LETTER_QUEUE = "${AWS::StackName}-dlq"
 TOPIC = "${AWS::StackName}-events"
 TABLE = "${AWS::StackName}-instances"
+MUNGE_KEY = "${AWS::StackName}-munge-key"
 COMPUTE_GROUP = "${AWS::StackName}-compute"
 
 _ARN = "arn:${AWS::Partition}"
@@ -35,6 +36,11 @@ def _sub(text: str) -> Json:
 
 def queue_arn(name: str) -> Json:
     return _sub(f"{_ARN}:sqs:{_HERE}:{name}")
+
+
+def munge_key_arn() -> Json:
+    # Secrets Manager appends six characters of its own to the name.
+    return _sub(f"{_ARN}:secretsmanager:{_HERE}:secret:{MUNGE_KEY}-??????")
 
 
 def table_arn() -> Json:
@@ -106,6 +112,8 @@ def head_node_statements() -> list[Json]:
             ["*"],
             {"StringEquals": {"cloudwatch:namespace": protocol.METRIC_NAMESPACE}},
         ),
+        # The bootstrap installs the cluster's munge key.
+        _allow(["secretsmanager:GetSecretValue"], [munge_key_arn()]),
         # Readiness: the head node signals its creation policy.
         _allow(
             ["cloudformation:SignalResource"],

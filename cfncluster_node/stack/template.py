@@ -26,10 +26,10 @@ NODE_CONFIG_PATH = "/etc/cfncluster/node.toml"
 COMPUTE_ENV_PATH = "/etc/default/cfncluster-compute"
 # Auto Scaling's notifications the SQS watcher acts on.
 NOTIFICATIONS = [
-    "autoscaling:EC2_INSTANCE_LAUNCH",
-    "autoscaling:EC2_INSTANCE_LAUNCH_ERROR",
-    "autoscaling:EC2_INSTANCE_TERMINATE",
-    "autoscaling:EC2_INSTANCE_TERMINATE_ERROR",
+    protocol.LAUNCH_EVENT,
+    protocol.LAUNCH_ERROR_EVENT,
+    protocol.TERMINATE_EVENT,
+    protocol.TERMINATE_ERROR_EVENT,
 ]
 _RETENTION_S = 14 * 24 * 3600  # SQS's maximum: a stuck head node loses nothing for two weeks
 _MAX_RECEIVES = 5
@@ -55,6 +55,7 @@ def _tags(name: str) -> list[Json]:
 def render(cluster: ClusterConfig) -> Json:
     resources: Json = {
         **_messaging(),
+        **_munge_key(),
         **_table(),
         **_security(cluster),
         **_roles(cluster),
@@ -148,6 +149,20 @@ def _messaging() -> Json:
                 "Subscription": [{"Protocol": "sqs", "Endpoint": _att("Queue", "Arn")}],
             },
         },
+    }
+
+
+def _munge_key() -> Json:
+    # Generated here, with the cluster: in no image, the same on every node of it.
+    return {
+        "MungeKey": {
+            "Type": "AWS::SecretsManager::Secret",
+            "Properties": {
+                "Name": _sub(policy.MUNGE_KEY),
+                "Description": _sub("${AWS::StackName}: the munge key of every node"),
+                "GenerateSecretString": {"PasswordLength": 512, "ExcludePunctuation": True},
+            },
+        }
     }
 
 
@@ -284,6 +299,9 @@ def node_config(cluster: ClusterConfig) -> str:
         f'mount_point = "{volume.mount_point}"',
         f'fs_type = "{volume.fs_type}"',
         f'export_to = "{cluster.network.vpc_cidr}"',
+        "",
+        "[bootstrap]",
+        'munge_key_secret = "${MungeKey}"',
         "",
     ]
     return "\n".join(lines)
@@ -489,6 +507,7 @@ def _outputs(cluster: ClusterConfig) -> Json:
         "InstanceTable": _ref("InstanceTable"),
         "ComputeGroup": _ref("ComputeGroup"),
         "SharedVolume": _ref("SharedVolume"),
+        "MungeKeySecret": _ref("MungeKey"),
     }
     if cluster.network.public_ip:
         outputs["HeadNodePublicIp"] = _att(HEAD_NODE, "PublicIp")

@@ -1,0 +1,94 @@
+"""The head node's bootstrap: the stack's munge key installed for munge alone, slurm.conf
+from the head node's and the group's facts, each written only when it differs.
+
+Against moto's CloudFormation and Secrets Manager (the key is the one the stack
+generated) and the real file system. systemctl itself runs in the VM test: this machine
+has no systemd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pwd
+import stat
+from pathlib import Path
+
+from cfncluster_node import config, imds
+from cfncluster_node.aws import Aws
+from cfncluster_node.local.cloud import ClusterResources, create_compute_group
+from cfncluster_node.local.slurm import LocalSlurm
+from cfncluster_node.node import bootstrap
+from cfncluster_node.stack import launcher
+from tests.clusters import on_moto
+from tests.conftest import GROUP, REGION, MetadataService
+from tests.test_launcher import console, head_node_comes_up
+
+NODE_TOML = """
+[cluster]
+stack_name = "boot"
+region = "us-east-1"
+table = "boot-instances"
+compute_group = "{group}"
+
+[sqswatcher]
+queue = "boot-queue"
+
+[bootstrap]
+munge_key_secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:boot-munge-key-abcdef"
+"""
+
+
+async def test_the_stacks_own_secret_becomes_the_munge_key_readable_by_munge_alone(
+    aws: Aws, slurm: LocalSlurm, metadata_service: MetadataService, tmp_path: Path
+) -> None:
+    stacks = launcher.Launcher(aws, REGION, console(), poll_s=0.05)
+    creating = asyncio.create_task(stacks.create("boot", await on_moto(aws)))
+    await head_node_comes_up(aws, "boot", slurm, metadata_service)
+    created = await creating
+    secret = created.outputs["MungeKeySecret"]
+    settings = config.parse(await stacks.node_config("boot"), source="user data")
+    key = tmp_path / "munge" / "munge.key"
+
+    assert settings.bootstrap is not None and settings.bootstrap.munge_key_secret == secret
+    assert await bootstrap.install_munge_key(aws, secret, key) is True
+    assert await bootstrap.install_munge_key(aws, secret, key) is False  # the next boot
+
+    value = (await aws.call("secretsmanager", "get_secret_value", SecretId=secret))["SecretString"]
+    assert key.read_text() == value and len(value) == 512 and value.isalnum()
+    status = key.stat()
+    assert stat.S_IMODE(status.st_mode) == 0o400
+    assert status.st_uid == pwd.getpwnam("munge").pw_uid
+    assert not list(key.parent.glob(".*"))  # nothing staged is left beside it
+
+
+def test_a_changed_key_replaces_the_old_one_in_place(tmp_path: Path) -> None:
+    key = tmp_path / "munge.key"
+
+    assert bootstrap.place_munge_key(key, "a" * 64) is True
+    assert bootstrap.place_munge_key(key, "b" * 64) is True
+    assert bootstrap.place_munge_key(key, "b" * 64) is False
+    assert key.read_text() == "b" * 64 and stat.S_IMODE(key.stat().st_mode) == 0o400
+
+
+def test_slurm_conf_is_written_only_when_it_differs(tmp_path: Path) -> None:
+    assert bootstrap.write_slurm_conf(tmp_path, "ClusterName=a\n", "CgroupPlugin=autodetect\n")
+    before = (tmp_path / "slurm.conf").stat().st_mtime_ns
+
+    assert not bootstrap.write_slurm_conf(tmp_path, "ClusterName=a\n", "CgroupPlugin=autodetect\n")
+    assert (tmp_path / "slurm.conf").stat().st_mtime_ns == before
+    assert bootstrap.write_slurm_conf(tmp_path, "ClusterName=b\n", "CgroupPlugin=autodetect\n")
+    assert (tmp_path / "slurm.conf").read_text() == "ClusterName=b\n"
+    assert stat.S_IMODE((tmp_path / "cgroup.conf").stat().st_mode) == 0o644
+
+
+async def test_the_controller_is_this_host_at_its_address_sized_by_the_group(
+    aws: Aws, cluster: ClusterResources, metadata_service: MetadataService
+) -> None:
+    await create_compute_group(aws, GROUP, desired=0, max_size=7)
+    settings = config.parse(NODE_TOML.format(group=GROUP), source="node.toml")
+    os.environ[imds.IMDS_ENV] = await metadata_service({"local-ipv4": "10.0.0.5"})
+
+    facts = await bootstrap.head_facts(settings, aws)
+
+    assert facts == bootstrap.HeadFacts(os.uname().nodename.split(".")[0], "10.0.0.5", 7)
