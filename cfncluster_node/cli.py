@@ -19,6 +19,7 @@ from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
 from cfncluster_node.node import (
     announce,
+    compute,
     drift,
     readiness,
     reconciler,
@@ -113,6 +114,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="a small fleet (CI)")
     demo.set_defaults(handler=_demo)
+
+    node = commands.add_parser(
+        "compute", help="(compute node) configure this node and join, or leave the cluster"
+    )
+    node.add_argument("action", choices=["up", "leave"])
+    node.add_argument(
+        "--config",
+        type=Path,
+        default=config.COMPUTE_PATH,
+        help=f"the node's TOML file (default: {config.COMPUTE_PATH})",
+    )
+    node.set_defaults(handler=_compute)
 
     ann = commands.add_parser(
         "announce", help="(compute node) tell the head node this node joins or leaves"
@@ -324,6 +337,25 @@ def _demo(args: argparse.Namespace) -> int:
             "`pip install 'cfncluster-node[demo]'` (`make demo` does)"
         )
     return demo.main(quick=args.quick)
+
+
+def _compute(args: argparse.Namespace) -> int:
+    settings = config.parse(
+        config.read(args.config), source=str(args.config), model=config.ComputeConfig
+    )
+    logs.configure(settings.logging.level, settings.logging.format)
+    node = settings.compute
+
+    async def main() -> None:
+        async with Aws(settings.aws, node.region) as aws:
+            if args.action == "up":
+                await compute.come_up(settings, aws)
+            else:
+                identity = await announce.identify()
+                await announce.send(aws, node.queue_url, protocol.LEAVE_EVENT, identity)
+
+    asyncio.run(main())
+    return 0
 
 
 def _announce(args: argparse.Namespace) -> int:

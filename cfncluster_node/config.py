@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Valid
 from cfncluster_node import names
 
 DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
+COMPUTE_PATH = Path("/etc/cfncluster/compute.toml")
 ENV_VAR = "CFNCLUSTER_NODE_CONFIG"
 
 ServiceName = Literal["sqswatcher", "publisher", "reconciler", "scalein"]
@@ -155,13 +156,30 @@ class StorageSettings(Section):
     shared: list[SharedVolumeSettings] = Field(default_factory=list)
 
 
+_SECRET_ARN = r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$"
+
+
 class BootstrapSettings(Section):
     # The cluster's munge key, a Secrets Manager secret the stack generates (its ARN).
-    munge_key_secret: str = Field(
-        pattern=r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$"
-    )
+    munge_key_secret: str = Field(pattern=_SECRET_ARN)
     munge_key: Path = Path("/etc/munge/munge.key")
     slurm_dir: Path = Path("/etc/slurm")
+
+
+class ComputeNodeSettings(Section):
+    region: str = Field(pattern=names.REGION)
+    # The cluster queue's URL: joins and leaves go there.
+    queue_url: str = Field(pattern=r"^https?://\S+$")
+    # The head node's private address: slurmctld and the NFS exports.
+    head_node: IPv4Address
+    munge_key_secret: str = Field(pattern=_SECRET_ARN)
+    munge_key: Path = Path("/etc/munge/munge.key")
+    # The head node's shared volumes, mounted at the same paths here.
+    shared: list[str] = Field(default_factory=list)
+    # Seconds to wait for the head node's exports before the node gives up joining.
+    mount_timeout: StrictFloat = Field(default=600.0, gt=0, allow_inf_nan=False)
+    slurmctld_port: StrictInt = Field(default=6817, ge=1, le=65535)
+    feature: str = Field(default="compute", pattern=r"^[A-Za-z0-9_-]+$")
 
 
 class LoggingSettings(Section):
@@ -182,6 +200,15 @@ class Config(Section):
     supervisor: SupervisorSettings = SupervisorSettings()
     # The stack's head node configures its scheduler and munge itself at every boot.
     bootstrap: BootstrapSettings | None = None
+    logging: LoggingSettings = LoggingSettings()
+
+
+class ComputeConfig(Section):
+    """compute.toml, which the stack's user data writes on every compute node."""
+
+    compute: ComputeNodeSettings
+    storage: StorageSettings = StorageSettings()
+    aws: AwsSettings = AwsSettings()
     logging: LoggingSettings = LoggingSettings()
 
 

@@ -33,7 +33,7 @@ _ROLES = {
 def role_of_module(module: str) -> str | None:
     """The role a project module's AWS calls are made with, by the room it lives in."""
     name = module.removeprefix("cfncluster_node.")
-    if name == "node.announce":
+    if name in ("node.announce", "node.compute"):
         return COMPUTE
     if name.startswith(("node.", "storage.")):
         return HEAD

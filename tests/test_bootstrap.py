@@ -16,11 +16,12 @@ from pathlib import Path
 
 from cfncluster_node import config, imds
 from cfncluster_node.aws import Aws
+from cfncluster_node.config import ComputeConfig, ComputeNodeSettings
 from cfncluster_node.local.cloud import ClusterResources, create_compute_group
 from cfncluster_node.local.slurm import LocalSlurm
-from cfncluster_node.node import bootstrap
-from cfncluster_node.stack import launcher
-from tests.clusters import on_moto
+from cfncluster_node.node import bootstrap, compute
+from cfncluster_node.stack import launcher, template
+from tests.clusters import cluster_config, on_moto
 from tests.conftest import GROUP, REGION, MetadataService
 from tests.test_launcher import console, head_node_comes_up
 
@@ -61,6 +62,26 @@ async def test_the_stacks_own_secret_becomes_the_munge_key_readable_by_munge_alo
     assert status.st_uid == pwd.getpwnam("munge").pw_uid
     assert not list(key.parent.glob(".*"))  # nothing staged is left beside it
 
+    # A compute node, with its own role, installs the same key from its compute.toml.
+    node = compute_settings(created.outputs, tmp_path / "compute.key")
+    assert node.munge_key_secret == secret
+    assert await compute.install_munge_key(aws, node) is True
+    assert (tmp_path / "compute.key").read_bytes() == key.read_bytes()
+
+
+def compute_settings(outputs: dict[str, str], key: Path) -> ComputeNodeSettings:
+    """The compute.toml the stack's launch template writes, as Fn::Sub fills it in."""
+    text = template.compute_config(cluster_config())
+    for name, value in {
+        "${AWS::Region}": REGION,
+        "${Queue}": outputs["QueueUrl"],
+        "${HeadNode.PrivateIp}": "10.0.0.5",
+        "${MungeKey}": outputs["MungeKeySecret"],
+    }.items():
+        text = text.replace(name, value)
+    settings = config.parse(text, source="compute.toml", model=ComputeConfig).compute
+    return settings.model_copy(update={"munge_key": key})
+
 
 def test_a_changed_key_replaces_the_old_one_in_place(tmp_path: Path) -> None:
     key = tmp_path / "munge.key"
@@ -71,15 +92,17 @@ def test_a_changed_key_replaces_the_old_one_in_place(tmp_path: Path) -> None:
     assert key.read_text() == "b" * 64 and stat.S_IMODE(key.stat().st_mode) == 0o400
 
 
-def test_slurm_conf_is_written_only_when_it_differs(tmp_path: Path) -> None:
-    assert bootstrap.write_slurm_conf(tmp_path, "ClusterName=a\n", "CgroupPlugin=autodetect\n")
-    before = (tmp_path / "slurm.conf").stat().st_mtime_ns
+def test_configuration_is_written_only_where_it_differs(tmp_path: Path) -> None:
+    slurm_conf, cgroup_conf = tmp_path / "slurm" / "slurm.conf", tmp_path / "slurm" / "cgroup.conf"
+    files = {slurm_conf: "ClusterName=a\n", cgroup_conf: "CgroupPlugin=autodetect\n"}
+    assert bootstrap.write_if_changed_all(files)
+    before = cgroup_conf.stat().st_mtime_ns
 
-    assert not bootstrap.write_slurm_conf(tmp_path, "ClusterName=a\n", "CgroupPlugin=autodetect\n")
-    assert (tmp_path / "slurm.conf").stat().st_mtime_ns == before
-    assert bootstrap.write_slurm_conf(tmp_path, "ClusterName=b\n", "CgroupPlugin=autodetect\n")
-    assert (tmp_path / "slurm.conf").read_text() == "ClusterName=b\n"
-    assert stat.S_IMODE((tmp_path / "cgroup.conf").stat().st_mode) == 0o644
+    assert not bootstrap.write_if_changed_all(files)
+    assert bootstrap.write_if_changed_all({**files, slurm_conf: "ClusterName=b\n"})
+    assert slurm_conf.read_text() == "ClusterName=b\n"
+    assert cgroup_conf.stat().st_mtime_ns == before
+    assert stat.S_IMODE(cgroup_conf.stat().st_mode) == 0o644
 
 
 async def test_the_controller_is_this_host_at_its_address_sized_by_the_group(
@@ -92,3 +115,26 @@ async def test_the_controller_is_this_host_at_its_address_sized_by_the_group(
     facts = await bootstrap.head_facts(settings, aws)
 
     assert facts == bootstrap.HeadFacts(os.uname().nodename.split(".")[0], "10.0.0.5", 7)
+
+
+def test_slurmd_runs_configless_from_the_head_node_under_the_nodes_own_name() -> None:
+    settings = config.parse(
+        '[compute]\nregion = "us-east-1"\nqueue_url = "https://sqs.us-east-1.amazonaws.com/1/q"\n'
+        'head_node = "10.0.0.5"\nmunge_key_secret = "arn:aws:secretsmanager:us-east-1:'
+        '123456789012:secret:c-munge-key-AbCdEf"\n',
+        source="compute.toml",
+        model=ComputeConfig,
+    )
+
+    options = compute.slurmd_options(settings.compute, "ip-10-0-1-7.ec2.internal")
+
+    assert options == [
+        "--conf-server",
+        "10.0.0.5:6817",
+        "-Z",
+        "--conf",
+        "Features=compute",
+        "-N",
+        "ip-10-0-1-7",
+    ]
+    assert all(" " not in option for option in options)  # $SLURMD_OPTIONS is split on spaces

@@ -195,3 +195,14 @@ def test_the_head_node_waits_for_its_signal() -> None:
     assert head["CreationPolicy"] == {"ResourceSignal": {"Count": 1, "Timeout": "PT45M"}}
     script = head["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
     assert template.node_config(cluster_config()) in script + "\n"
+
+
+def test_compute_nodes_get_their_compute_toml_and_start_their_unit() -> None:
+    cluster = cluster_config()
+    data = template.render(cluster)["Resources"]["ComputeLaunchTemplate"]["Properties"]
+    script = data["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
+
+    assert f"<<'COMPUTE_TOML'\n{template.compute_config(cluster)}COMPUTE_TOML\n" in script
+    assert script.rstrip().endswith("systemctl enable --now cfncluster-compute.service")
+    for placeholder in ("${Queue}", "${HeadNode.PrivateIp}", "${MungeKey}", "${AWS::Region}"):
+        assert placeholder in template.compute_config(cluster)

@@ -14,6 +14,7 @@ import asyncio
 import os
 import pwd
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,11 @@ async def head_node(settings: Config, boot: BootstrapSettings, aws: Aws) -> None
         feature=settings.slurm.feature,
     )
     conf_changed = await asyncio.to_thread(
-        write_slurm_conf, boot.slurm_dir, slurmconf.render(cluster), slurmconf.cgroup_conf()
+        write_if_changed_all,
+        {
+            boot.slurm_dir / "slurm.conf": slurmconf.render(cluster),
+            boot.slurm_dir / "cgroup.conf": slurmconf.cgroup_conf(),
+        },
     )
     await ensure_running("slurmctld", restart=conf_changed or key_changed)
     log.info(
@@ -108,9 +113,9 @@ def place_munge_key(path: Path, key: str) -> bool:
     return True
 
 
-def write_slurm_conf(directory: Path, slurm_conf: str, cgroup_conf: str) -> bool:
-    changed = write_if_changed(directory / "slurm.conf", slurm_conf)
-    return write_if_changed(directory / "cgroup.conf", cgroup_conf) or changed
+def write_if_changed_all(files: Mapping[Path, str]) -> bool:
+    """Each file's text written where it differs; True if any did."""
+    return any([write_if_changed(path, text) for path, text in files.items()])
 
 
 def write_if_changed(path: Path, text: str) -> bool:
@@ -138,11 +143,20 @@ def _write_atomically(path: Path, data: bytes, *, mode: int, uid: int, gid: int)
     staged.replace(path)
 
 
+async def daemon_reload() -> None:
+    """systemd reads the units again: a drop-in written is one in force."""
+    await _systemctl(["daemon-reload"])
+
+
 async def ensure_running(unit: str, *, restart: bool) -> None:
     """The unit enabled for the next boots and running now, restarted if asked."""
     steps = [["enable", unit], ["restart", unit]] if restart else [["enable", "--now", unit]]
+    for step in steps:
+        await _systemctl(step)
+
+
+async def _systemctl(args: list[str]) -> None:
     try:
-        for step in steps:
-            await commands.run(["systemctl", *step], timeout=_SYSTEMCTL_TIMEOUT_S)
+        await commands.run(["systemctl", *args], timeout=_SYSTEMCTL_TIMEOUT_S)
     except commands.CommandError as exc:
-        raise BootstrapError(f"{unit}: {exc}") from None
+        raise BootstrapError(f"systemctl {' '.join(args)}: {exc}") from None

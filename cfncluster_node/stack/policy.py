@@ -123,8 +123,12 @@ def head_node_statements() -> list[Json]:
 
 
 def compute_node_statements() -> list[Json]:
-    # A compute node only announces itself: join and leave messages to the queue.
-    return [_allow(["sqs:SendMessage"], [queue_arn(QUEUE)])]
+    return [
+        # Its join and leave messages.
+        _allow(["sqs:SendMessage"], [queue_arn(QUEUE)]),
+        # The bootstrap installs the cluster's munge key.
+        _allow(["secretsmanager:GetSecretValue"], [munge_key_arn()]),
+    ]
 
 
 def s3_statements(grants: list[S3Access]) -> list[Json]:

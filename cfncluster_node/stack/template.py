@@ -23,7 +23,7 @@ Json = dict[str, Any]
 HEAD_NODE = "HeadNode"  # the logical id the head node signals
 SHARED_DEVICE = "/dev/sdf"
 NODE_CONFIG_PATH = "/etc/cfncluster/node.toml"
-COMPUTE_ENV_PATH = "/etc/default/cfncluster-compute"
+COMPUTE_CONFIG_PATH = "/etc/cfncluster/compute.toml"
 # Auto Scaling's notifications the SQS watcher acts on.
 NOTIFICATIONS = [
     protocol.LAUNCH_EVENT,
@@ -389,14 +389,30 @@ def _shared_volume(cluster: ClusterConfig) -> Json:
     }
 
 
-def _compute_user_data() -> str:
+def compute_config(cluster: ClusterConfig) -> str:
+    """A compute node's compute.toml, with ``${...}`` for ``Fn::Sub``."""
+    lines = [
+        "[compute]",
+        'region = "${AWS::Region}"',
+        'queue_url = "${Queue}"',
+        'head_node = "${HeadNode.PrivateIp}"',
+        'munge_key_secret = "${MungeKey}"',
+        f'shared = ["{cluster.shared_volume.mount_point}"]',
+        "",
+        "[storage.scratch]",
+        'mount_point = "/scratch"',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _compute_user_data(cluster: ClusterConfig) -> str:
     return _script(
-        f"cat > {COMPUTE_ENV_PATH} <<'COMPUTE_ENV'",
-        "CFNCLUSTER_QUEUE_URL=${Queue}",
-        "AWS_REGION=${AWS::Region}",
-        "CFNCLUSTER_HEAD_NODE=${HeadNode.PrivateIp}",
-        "COMPUTE_ENV",
-        # Announces ready now and leave at shutdown (systemd/cfncluster-compute.service).
+        f"mkdir -p {COMPUTE_CONFIG_PATH.rsplit('/', 1)[0]}",
+        f"cat > {COMPUTE_CONFIG_PATH} <<'COMPUTE_TOML'",
+        compute_config(cluster).rstrip("\n"),
+        "COMPUTE_TOML",
+        # Configures the node, joins at boot and leaves at shutdown (cfncluster-compute.service).
         "systemctl enable --now cfncluster-compute.service",
     )
 
@@ -408,7 +424,7 @@ def _compute(cluster: ClusterConfig) -> Json:
         "InstanceType": compute.instance_type,
         "IamInstanceProfile": {"Arn": _att("ComputeProfile", "Arn")},
         "SecurityGroupIds": [_ref("SecurityGroup")],
-        "UserData": {"Fn::Base64": _sub(_compute_user_data())},
+        "UserData": {"Fn::Base64": _sub(_compute_user_data(cluster))},
     }
     if cluster.cluster.key_name:
         data["KeyName"] = cluster.cluster.key_name

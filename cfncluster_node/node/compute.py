@@ -1,0 +1,110 @@
+"""A compute node configures itself at every boot, then joins the cluster.
+
+In order, each step safe to run again: the cluster's munge key and munge; the head
+node's shared volumes over NFS, waited for until the head node exports them; scratch
+from this node's own instance-store disks (the head node's storage code); slurmd,
+configless, fetching slurm.conf from slurmctld under this node's own name; and only then
+``announce ready``, so the head node registers a node that can run jobs. A node whose
+bootstrap fails announces nothing: it says why in the journal, and the reconciler's
+"never joined" deals with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from cfncluster_node import commands, logs, protocol
+from cfncluster_node.aws import Aws
+from cfncluster_node.config import ComputeConfig, ComputeNodeSettings
+from cfncluster_node.node import announce, bootstrap
+from cfncluster_node.node.bootstrap import BootstrapError
+from cfncluster_node.storage import StorageError, setup
+from cfncluster_node.storage.machine import mounts
+
+SLURMD_DEFAULTS = Path("/etc/default/slurmd")
+# Debian's slurmd.service starts only where /etc/slurm/slurm.conf exists: configless,
+# none does.
+SLURMD_DROP_IN = Path("/etc/systemd/system/slurmd.service.d/cfncluster.conf")
+_MOUNT_TIMEOUT_S = 60.0
+_MOUNT_RETRY_S = 5.0
+
+
+async def come_up(settings: ComputeConfig, aws: Aws) -> announce.Identity:
+    """Configure this node and join: the identity it announced."""
+    node = settings.compute
+    log = logs.get(step="compute_bootstrap")
+    started = time.monotonic()
+    key_changed = await install_munge_key(aws, node)
+    await bootstrap.ensure_running("munge", restart=key_changed)
+    for mount_point in node.shared:
+        await mount_shared(node, mount_point)
+    try:
+        await setup.set_up_all(settings.storage, aws=aws)
+    except StorageError as exc:
+        raise BootstrapError(f"scratch: {exc}") from None
+    identity = await announce.identify()
+    await start_slurmd(node, identity.hostname, restart=key_changed)
+    await announce.send(aws, node.queue_url, protocol.READY_EVENT, identity)
+    log.info(
+        "compute_node_configured",
+        hostname=identity.hostname,
+        duration_ms=round((time.monotonic() - started) * 1000, 1),
+    )
+    return identity
+
+
+async def install_munge_key(aws: Aws, node: ComputeNodeSettings) -> bool:
+    return await bootstrap.install_munge_key(aws, node.munge_key_secret, node.munge_key)
+
+
+async def mount_shared(node: ComputeNodeSettings, mount_point: str) -> None:
+    """The head node's export at the same path, retried until the head node serves it."""
+    source = f"{node.head_node}:{mount_point}"
+    if any(m.target == mount_point and m.source == source for m in await mounts()):
+        return
+    await asyncio.to_thread(Path(mount_point).mkdir, parents=True, exist_ok=True)
+    deadline = time.monotonic() + node.mount_timeout
+    while True:
+        try:
+            await commands.run(
+                ["mount", "-t", "nfs4", "-o", "hard,noatime,_netdev", source, mount_point],
+                timeout=_MOUNT_TIMEOUT_S,
+            )
+            logs.get().info("shared_volume_mounted", source=source, mount_point=mount_point)
+            return
+        except commands.CommandError as exc:
+            if time.monotonic() > deadline:
+                raise BootstrapError(f"{source} not mounted: {exc}") from None
+            logs.get().info("shared_volume_waiting", source=source, error=str(exc))
+            await asyncio.sleep(_MOUNT_RETRY_S)
+
+
+def slurmd_options(node: ComputeNodeSettings, hostname: str) -> list[str]:
+    """slurmd's arguments: configless from the head node, a dynamic node under this
+    node's own name, with the compute feature every partition selects."""
+    return [
+        "--conf-server",
+        f"{node.head_node}:{node.slurmctld_port}",
+        "-Z",
+        "--conf",
+        f"Features={node.feature}",
+        "-N",
+        hostname.split(".")[0],
+    ]
+
+
+async def start_slurmd(node: ComputeNodeSettings, hostname: str, *, restart: bool) -> None:
+    options = " ".join(slurmd_options(node, hostname))
+    changed = await asyncio.to_thread(
+        bootstrap.write_if_changed_all,
+        {
+            SLURMD_DEFAULTS: f"SLURMD_OPTIONS={options}\n",
+            SLURMD_DROP_IN: "[Unit]\n# Configless: slurm.conf comes from slurmctld.\n"
+            "ConditionPathExists=\n",
+        },
+    )
+    if changed:
+        await bootstrap.daemon_reload()
+    await bootstrap.ensure_running("slurmd", restart=restart or changed)
