@@ -156,6 +156,21 @@ class StorageSettings(Section):
     shared: list[SharedVolumeSettings] = Field(default_factory=list)
 
 
+class HookSettings(Section):
+    """A script run as root before or after the node's own setup, as CfnCluster's
+    pre_install and post_install were: fetched from S3 or HTTPS, run with ``args``."""
+
+    url: str = Field(pattern=r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/\S+|https://\S+)$")
+    args: list[str] = Field(default_factory=list, max_length=64)
+
+
+class HooksSettings(Section):
+    pre_install: HookSettings | None = None
+    post_install: HookSettings | None = None
+    # Seconds a hook may run before it is killed and the node's setup fails.
+    timeout: StrictFloat = Field(default=1800.0, gt=0, allow_inf_nan=False)
+
+
 _SECRET_ARN = r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$"
 
 
@@ -200,6 +215,7 @@ class Config(Section):
     supervisor: SupervisorSettings = SupervisorSettings()
     # The stack's head node configures its scheduler and munge itself at every boot.
     bootstrap: BootstrapSettings | None = None
+    hooks: HooksSettings = HooksSettings()
     logging: LoggingSettings = LoggingSettings()
 
 
@@ -208,6 +224,7 @@ class ComputeConfig(Section):
 
     compute: ComputeNodeSettings
     storage: StorageSettings = StorageSettings()
+    hooks: HooksSettings = HooksSettings()
     aws: AwsSettings = AwsSettings()
     logging: LoggingSettings = LoggingSettings()
 

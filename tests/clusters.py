@@ -28,7 +28,13 @@ def cluster_config(**sections: dict[str, Any]) -> ClusterConfig:
     return ClusterConfig.model_validate(data)
 
 
-CLUSTER_CONFIG = cluster_config()
+# Hook scripts in S3: the roles may fetch these, and the tests fetch them (test_hooks.py).
+HOOK_BUCKET = "cfncluster-test-hooks"
+HOOKS = {
+    "pre_install": {"url": f"s3://{HOOK_BUCKET}/pre.sh", "args": ["--first", "two words"]},
+    "post_install": {"url": f"s3://{HOOK_BUCKET}/post.sh"},
+}
+CLUSTER_CONFIG = cluster_config(hooks=HOOKS)
 
 
 async def on_moto(aws: Aws, **sections: dict[str, Any]) -> ClusterConfig:

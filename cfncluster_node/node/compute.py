@@ -1,12 +1,12 @@
 """A compute node configures itself at every boot, then joins the cluster.
 
-In order, each step safe to run again: the cluster's munge key and munge; the head
-node's shared volumes over NFS, waited for until the head node exports them; scratch
-from this node's own instance-store disks (the head node's storage code); slurmd,
-configless, fetching slurm.conf from slurmctld under this node's own name; and only then
-``announce ready``, so the head node registers a node that can run jobs. A node whose
-bootstrap fails announces nothing: it says why in the journal, and the reconciler's
-"never joined" deals with it.
+In order, each step safe to run again: the operator's pre_install hook; the cluster's
+munge key and munge; the head node's shared volumes over NFS, waited for until the head
+node exports them; scratch from this node's own instance-store disks (the head node's
+storage code); slurmd, configless, fetching slurm.conf from slurmctld under this node's
+own name; the post_install hook; and only then ``announce ready``, so the head node
+registers a node that can run jobs. A node whose bootstrap fails announces nothing: it
+says why in the journal, and the reconciler's "never joined" deals with it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from cfncluster_node import commands, logs, protocol
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ComputeConfig, ComputeNodeSettings
-from cfncluster_node.node import announce, bootstrap
+from cfncluster_node.node import announce, bootstrap, hooks
 from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.storage import StorageError, setup
 from cfncluster_node.storage.machine import mounts
@@ -36,6 +36,7 @@ async def come_up(settings: ComputeConfig, aws: Aws) -> announce.Identity:
     node = settings.compute
     log = logs.get(step="compute_bootstrap")
     started = time.monotonic()
+    await run_hook("pre_install", settings, aws)
     key_changed = await install_munge_key(aws, node)
     await bootstrap.ensure_running("munge", restart=key_changed)
     for mount_point in node.shared:
@@ -46,6 +47,7 @@ async def come_up(settings: ComputeConfig, aws: Aws) -> announce.Identity:
         raise BootstrapError(f"scratch: {exc}") from None
     identity = await announce.identify()
     await start_slurmd(node, identity.hostname, restart=key_changed)
+    await run_hook("post_install", settings, aws)
     await announce.send(aws, node.queue_url, protocol.READY_EVENT, identity)
     log.info(
         "compute_node_configured",
@@ -53,6 +55,10 @@ async def come_up(settings: ComputeConfig, aws: Aws) -> announce.Identity:
         duration_ms=round((time.monotonic() - started) * 1000, 1),
     )
     return identity
+
+
+async def run_hook(name: str, settings: ComputeConfig, aws: Aws) -> None:
+    await hooks.run(name, settings.hooks, aws, role="compute")
 
 
 async def install_munge_key(aws: Aws, node: ComputeNodeSettings) -> bool:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from cfncluster_node import imds, logs
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, Config
-from cfncluster_node.node import bootstrap, sdnotify
+from cfncluster_node.node import bootstrap, hooks, sdnotify
 from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.node.registry import Registry
 from cfncluster_node.schedulers import SchedulerError
@@ -76,18 +76,23 @@ class Readiness:
 
 
 async def bring_up(settings: Config, aws: Aws, registry: Registry) -> None:
-    """Storage first, then the node's own configuration (munge, the scheduler's), then a
-    scheduler that answers: the services never start on a half-set-up node. The stack
-    hears the outcome either way."""
+    """The operator's pre_install hook, storage, the node's own configuration (munge,
+    the scheduler's), the post_install hook, then a scheduler that answers: the services
+    never start on a half-set-up node. The stack hears the outcome either way, with the
+    step that failed."""
     stack = Readiness(aws, settings.cluster)
-    step = "storage"
+    step = "pre_install"
     try:
+        await hooks.run(step, settings.hooks, aws, role="head")
+        step = "storage"
         sdnotify.notify(STATUS="setting up storage")
         await setup.set_up_all(settings.storage, aws=aws)
         if settings.bootstrap is not None:
             step = "bootstrap"
             sdnotify.notify(STATUS="configuring munge and the scheduler")
             await bootstrap.head_node(settings, settings.bootstrap, aws)
+        step = "post_install"
+        await hooks.run(step, settings.hooks, aws, role="head")
         step = "scheduler"
         await registry.scheduler.list_hosts()
     except (StorageError, BootstrapError, SchedulerError, AwsError) as exc:

@@ -163,6 +163,8 @@ class ClusterConfig(Section):
     scaling: ScalingSection = ScalingSection()
     shared_volume: SharedVolumeSection = SharedVolumeSection()
     s3_access: list[S3Access] = Field(default_factory=list)
+    # pre_install and post_install on every node, head and compute alike.
+    hooks: config.HooksSettings = config.HooksSettings()
 
 
 def load(path: Path) -> ClusterConfig:

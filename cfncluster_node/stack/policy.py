@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from cfncluster_node import protocol
+from cfncluster_node.config import HooksSettings
 from cfncluster_node.stack.clusterconfig import S3Access
 
 Json = dict[str, Any]
@@ -60,7 +61,7 @@ def _allow(actions: list[str], resources: list[Any], condition: Json | None = No
     return statement
 
 
-def head_node_statements() -> list[Json]:
+def head_node_statements(hooks: HooksSettings) -> list[Json]:
     stack_tag = {
         "StringEquals": {"aws:ResourceTag/aws:cloudformation:stack-name": _sub("${AWS::StackName}")}
     }
@@ -119,16 +120,30 @@ def head_node_statements() -> list[Json]:
             ["cloudformation:SignalResource"],
             [_sub(f"{_ARN}:cloudformation:{_HERE}:stack/${{AWS::StackName}}/*")],
         ),
+        *hook_statements(hooks),
     ]
 
 
-def compute_node_statements() -> list[Json]:
+def compute_node_statements(hooks: HooksSettings) -> list[Json]:
     return [
         # Its join and leave messages.
         _allow(["sqs:SendMessage"], [queue_arn(QUEUE)]),
         # The bootstrap installs the cluster's munge key.
         _allow(["secretsmanager:GetSecretValue"], [munge_key_arn()]),
+        *hook_statements(hooks),
     ]
+
+
+def hook_statements(hooks: HooksSettings) -> list[Json]:
+    """Every node fetches the operator's hook scripts that live in S3, and only those."""
+    scripts = [
+        hook.url.removeprefix("s3://")
+        for hook in (hooks.pre_install, hooks.post_install)
+        if hook is not None and hook.url.startswith("s3://")
+    ]
+    if not scripts:
+        return []
+    return [_allow(["s3:GetObject"], [_sub(f"{_ARN}:s3:::{path}") for path in sorted(scripts)])]
 
 
 def s3_statements(grants: list[S3Access]) -> list[Json]:

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from cfncluster_node import protocol
+from cfncluster_node.config import HookSettings, HooksSettings
 from cfncluster_node.stack import policy
 from cfncluster_node.stack.clusterconfig import ClusterConfig
 
@@ -243,8 +244,8 @@ def _role(name: str, statements: list[Json]) -> Json:
 def _roles(cluster: ClusterConfig) -> Json:
     jobs = policy.s3_statements(cluster.s3_access)
     resources: Json = {
-        "HeadNodeRole": _role("head-node", policy.head_node_statements()),
-        "ComputeRole": _role("compute-node", policy.compute_node_statements()),
+        "HeadNodeRole": _role("head-node", policy.head_node_statements(cluster.hooks)),
+        "ComputeRole": _role("compute-node", policy.compute_node_statements(cluster.hooks)),
         "HeadNodeProfile": {
             "Type": "AWS::IAM::InstanceProfile",
             "Properties": {"Path": "/", "Roles": [_ref("HeadNodeRole")]},
@@ -303,8 +304,25 @@ def node_config(cluster: ClusterConfig) -> str:
         "[bootstrap]",
         'munge_key_secret = "${MungeKey}"',
         "",
+        *hooks_config(cluster.hooks),
     ]
     return "\n".join(lines)
+
+
+def hooks_config(hooks: HooksSettings) -> list[str]:
+    """The [hooks] tables of node.toml and compute.toml; ``${`` in a value is escaped
+    for Fn::Sub, which would take it for a reference."""
+
+    def string(value: str) -> str:
+        return json.dumps(value).replace("${", "${!")
+
+    lines = ["[hooks]", f"timeout = {hooks.timeout}", ""]
+    for name in ("pre_install", "post_install"):
+        hook: HookSettings | None = getattr(hooks, name)
+        if hook is not None:
+            args = ", ".join(string(arg) for arg in hook.args)
+            lines += [f"[hooks.{name}]", f"url = {string(hook.url)}", f"args = [{args}]", ""]
+    return lines
 
 
 _NODE_TOML_START = f"cat > {NODE_CONFIG_PATH} <<'NODE_TOML'"
@@ -402,6 +420,7 @@ def compute_config(cluster: ClusterConfig) -> str:
         "[storage.scratch]",
         'mount_point = "/scratch"',
         "",
+        *hooks_config(cluster.hooks),
     ]
     return "\n".join(lines)
 
