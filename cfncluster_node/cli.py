@@ -21,6 +21,7 @@ from cfncluster_node.node import (
     announce,
     compute,
     drift,
+    nodeconfig,
     readiness,
     reconciler,
     services,
@@ -28,6 +29,7 @@ from cfncluster_node.node import (
     supervisor,
 )
 from cfncluster_node.node.bootstrap import BootstrapError
+from cfncluster_node.node.service import Service
 from cfncluster_node.schedulers import SchedulerError
 from cfncluster_node.stack import clusterconfig, launcher
 from cfncluster_node.storage import StorageError, setup
@@ -36,6 +38,8 @@ from cfncluster_node.storage.plan import Step
 EXIT_CONFIG = 2
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
+# The stack's node.toml changed what only a new process applies: systemd starts one.
+EXIT_RESTART = 75
 
 
 class DemoUnavailable(Exception):
@@ -249,23 +253,69 @@ def _configured(args: argparse.Namespace) -> Config:
 
 
 def _serve(
-    settings: Config, names: Sequence[ServiceName], *, burst: bool, head_node: bool = False
+    settings: Config,
+    names: Sequence[ServiceName],
+    *,
+    burst: bool,
+    head_node: bool = False,
+    follow: tuple[str, Path] | None = None,
 ) -> int:
+    """Run the services; ``follow``: the stack's node.toml (its SSM parameter) and the
+    file it is written to, whose changes restart what they touch."""
+    restart = False
+
     async def main(stop: asyncio.Event) -> None:
+        nonlocal restart
         async with Aws(settings.aws, settings.cluster.region) as aws:
             registry = services.build_registry(settings, aws)
             if head_node:
                 await readiness.bring_up(settings, aws, registry)
             running = [services.build(name, settings, aws, registry, burst=burst) for name in names]
-            await supervisor.supervise(running, stop, settings.supervisor)
+            replacements: asyncio.Queue[Service] = asyncio.Queue()
+
+            async def apply(new: Config, change: config.Change) -> None:
+                nonlocal restart
+                if change.daemon:
+                    restart = True
+                    stop.set()
+                    return
+                for name in names:
+                    if name in change.services:
+                        replacements.put_nowait(services.build(name, new, aws, registry))
+
+            if follow is not None:
+                parameter, path = follow
+                interval = settings.supervisor.config_poll
+                running.append(
+                    nodeconfig.ConfigWatch(aws, settings.cluster, parameter, path, interval, apply)
+                )
+            await supervisor.supervise(running, stop, settings.supervisor, replacements)
 
     supervisor.run_until_stopped(main)
-    return 0
+    if restart:
+        logs.get().warning("daemon_restarting_for_config", exit_code=EXIT_RESTART)
+    return EXIT_RESTART if restart else 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    parameter = os.environ.get(protocol.CONFIG_PARAMETER_ENV)
+    path = config.resolve_path(args.config)
+    if parameter:
+        # The stack's node.toml, as it is now: written before anything reads it.
+        asyncio.run(_install_config(parameter, path))
     settings = _configured(args)
-    return _serve(settings, settings.supervisor.services, burst=False, head_node=True)
+    follow = (parameter, path) if parameter else None
+    return _serve(
+        settings, settings.supervisor.services, burst=False, head_node=True, follow=follow
+    )
+
+
+async def _install_config(parameter: str, path: Path) -> None:
+    region = os.environ.get("AWS_REGION")
+    if not region:
+        raise ConfigError(f"run: ${protocol.CONFIG_PARAMETER_ENV} is set, $AWS_REGION is not")
+    async with Aws(AwsSettings(), region) as aws:
+        await nodeconfig.install(aws, parameter, path)
 
 
 def _one_service(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -128,6 +130,8 @@ class SupervisorSettings(Section):
     restart_backoff_max: StrictFloat = Field(default=60.0, gt=0)
     # Each service's state and last success, for `cfncluster-node status` (and scripts).
     health_file: Path | None = Path("/run/cfncluster-node/health.json")
+    # Seconds between two reads of the stack's node.toml (configwatch, under the stack).
+    config_poll: StrictFloat = Field(default=60.0, gt=0, allow_inf_nan=False)
 
 
 class SharedVolumeSettings(Section):
@@ -227,6 +231,42 @@ class ComputeConfig(Section):
     hooks: HooksSettings = HooksSettings()
     aws: AwsSettings = AwsSettings()
     logging: LoggingSettings = LoggingSettings()
+
+
+# The sections one service reads alone: a change there restarts that service only.
+SERVICE_SECTIONS = frozenset({"sqswatcher", "publisher", "reconciler", "scalein"})
+
+
+@dataclass(frozen=True)
+class Change:
+    """What a new node.toml changes: its sections, the services to restart alone, or
+    the whole daemon."""
+
+    sections: tuple[str, ...] = ()
+    services: frozenset[str] = frozenset()
+    daemon: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.sections)
+
+    def describe(self) -> str:
+        if self.daemon:
+            return "restarts the head node's daemon (storage and bootstrap run again)"
+        if self.services:
+            return f"restarts {', '.join(sorted(self.services))} on the head node"
+        return "changes nothing the head node runs"
+
+
+def affected(old: Mapping[str, Any], new: Mapping[str, Any]) -> Change:
+    """What going from node.toml ``old`` to ``new`` (parsed TOML) restarts; pure."""
+    sections = tuple(sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k)))
+    running = set(new.get("supervisor", {}).get("services", ["sqswatcher"]))
+    alone = [section for section in sections if section in SERVICE_SECTIONS]
+    return Change(
+        sections=sections,
+        services=frozenset(section for section in alone if section in running),
+        daemon=any(section not in SERVICE_SECTIONS for section in sections),
+    )
 
 
 def resolve_path(explicit: Path | None) -> Path:

@@ -32,6 +32,16 @@ PENDING_METRIC: Final = "pending"
 METRIC_DIMENSION: Final = "Stack"
 
 
+# The head node's node.toml (docs/protocol.md, "The head node's configuration"): the stack
+# keeps it in an SSM parameter, and the user data tells the head node which one.
+CONFIG_PARAMETER_ENV: Final = "CFNCLUSTER_CONFIG_PARAMETER"
+
+
+def config_parameter(stack: str) -> str:
+    """The SSM parameter that holds a stack's node.toml."""
+    return f"/cfncluster/{stack}/node.toml"
+
+
 def table_definition(name: str) -> dict[str, Any]:
     """CreateTable's parameters: the stack's template and the local playground build the
     table from these, so both have the key the daemons read."""

@@ -94,6 +94,8 @@ def resources_of(region: str, service: str, params: dict[str, Any]) -> tuple[str
                 f"arn:aws:ec2:{here}:volume/{params['VolumeId']}",
                 f"arn:aws:ec2:{here}:instance/{params['InstanceId']}",
             )
+        case "ssm" if "Name" in params:
+            return (f"arn:aws:ssm:{here}:parameter{params['Name']}",)
         case "secretsmanager" if "SecretId" in params:
             return (str(params["SecretId"]),)
         case "cloudformation" if "StackName" in params:

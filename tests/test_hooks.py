@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cfncluster_node import config
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ComputeConfig, HooksSettings
 from cfncluster_node.local.slurm import LocalSlurm
@@ -178,6 +177,3 @@ async def test_a_failing_post_install_fails_the_stack_naming_the_hook_and_its_co
     [failure] = failed.failures
     assert failure.logical_id == template.HEAD_NODE
     assert "post_install: exited with 7: s3://" in failure.reason
-    settings = config.parse(await stacks.node_config("hooked"), source="user data")
-    assert settings.hooks.post_install is not None
-    assert settings.hooks.post_install.url == HOOKS["post_install"]["url"]

@@ -264,11 +264,21 @@ def toml_of(cluster: ClusterConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def test_an_update_that_changes_the_head_node_is_told_before_it_happens() -> None:
+def test_an_update_says_what_it_does_to_the_head_node_before_it_happens() -> None:
     from tests.clusters import cluster_config
 
     deployed = template.render(cluster_config())
     resized = template.render(cluster_config(compute={"max_size": 50}))
     slower = template.render(cluster_config(scaling={"idle_minutes": 30}))
+    bigger = template.render(cluster_config(head_node={"instance_type": "c5.2xlarge"}))
+    hooked = template.render(cluster_config(hooks={"post_install": {"url": "https://h/p.sh"}}))
+
+    # node.toml is a parameter: its changes reach the running head node, never stop it.
     assert not launcher.interrupts_head_node(deployed, resized)
-    assert launcher.interrupts_head_node(deployed, slower)
+    assert not launcher.interrupts_head_node(deployed, slower)
+    assert launcher.interrupts_head_node(deployed, bigger)
+    assert not launcher.config_change(deployed, resized)
+    slower_change = launcher.config_change(deployed, slower)
+    assert slower_change.sections == ("scalein",)
+    assert slower_change.describe() == "restarts scalein on the head node"
+    assert launcher.config_change(deployed, hooked).daemon

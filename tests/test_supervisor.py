@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from cfncluster_node.config import SupervisorSettings
-from cfncluster_node.node.service import Progress
+from cfncluster_node.node.service import Progress, Service
 from cfncluster_node.node.supervisor import supervise
 
 FAST = SupervisorSettings(
@@ -128,3 +128,35 @@ async def test_the_health_file_shows_each_services_state_and_last_success(tmp_pa
     assert datetime.fromisoformat(report["working"]["last_success"]) <= datetime.now(UTC)
     assert report["working"]["failures_since"] == 0
     assert report["failing"] == {"state": "stopped", "last_success": None, "failures_since": 2}
+
+
+async def test_a_replacement_stops_the_running_service_then_runs_in_its_place() -> None:
+    class Versioned:
+        name = "versioned"
+
+        def __init__(self, version: int) -> None:
+            self.version = version
+            self.progress = Progress()
+            self.running = asyncio.Event()
+            self.stopped = False
+
+        async def run(self, stop: asyncio.Event) -> None:
+            self.running.set()
+            await stop.wait()
+            self.stopped = True
+
+    first, second, steady = Versioned(1), Versioned(2), Steady()
+    stop, replacements = asyncio.Event(), asyncio.Queue[Service]()
+    with structlog.testing.capture_logs() as records:
+        task = asyncio.create_task(supervise([first, steady], stop, FAST, replacements))
+        await asyncio.wait_for(first.running.wait(), 2)
+        replacements.put_nowait(second)
+        await asyncio.wait_for(second.running.wait(), 2)
+
+        assert first.stopped and not second.stopped
+        assert steady.runs == 1  # the others run on, untouched
+        stop.set()
+        await asyncio.wait_for(task, 2)
+
+    assert second.stopped
+    assert [r["service"] for r in records if r["event"] == "service_replaced"] == ["versioned"]

@@ -6,6 +6,7 @@ alarms and the scaling policies: those are checked here, from the template's JSO
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from cfncluster_node import config, protocol
-from cfncluster_node.config import Config
+from cfncluster_node.config import Config, ConfigError
 from cfncluster_node.stack import template
 from cfncluster_node.stack.clusterconfig import ClusterConfig
 from tests.clusters import cluster_config
@@ -194,7 +195,28 @@ def test_the_head_node_waits_for_its_signal() -> None:
     head = resources(cluster_config(head_node={"ready_timeout_minutes": 45}))[template.HEAD_NODE]
     assert head["CreationPolicy"] == {"ResourceSignal": {"Count": 1, "Timeout": "PT45M"}}
     script = head["Properties"]["UserData"]["Fn::Base64"]["Fn::Sub"]
-    assert template.node_config(cluster_config()) in script + "\n"
+    assert "CFNCLUSTER_CONFIG_PARAMETER=/cfncluster/${AWS::StackName}/node.toml\n" in script
+
+
+def test_node_toml_lives_in_a_parameter_so_a_change_never_stops_the_head_node() -> None:
+    cluster = cluster_config()
+    parameter = resources(cluster)["HeadNodeConfig"]["Properties"]
+
+    assert parameter["Name"] == {"Fn::Sub": "/cfncluster/${AWS::StackName}/node.toml"}
+    assert parameter["Value"] == {"Fn::Sub": template.node_config(cluster)}
+    # The head node's own user data does not depend on any setting of the cluster.
+    scripts = {
+        json.dumps(resources(c)[template.HEAD_NODE]["Properties"]["UserData"])
+        for c in (cluster, FULL, STATIC)
+    }
+    assert len(scripts) == 1
+
+
+def test_a_node_toml_too_large_for_its_parameter_is_refused_naming_the_fix() -> None:
+    hooks = {"post_install": {"url": "https://example.com/post.sh", "args": ["x" * 4000]}}
+
+    with pytest.raises(ConfigError, match="more than an SSM parameter holds"):
+        template.render(cluster_config(hooks=hooks))
 
 
 def test_compute_nodes_get_their_compute_toml_and_start_their_unit() -> None:

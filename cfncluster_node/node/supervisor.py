@@ -17,7 +17,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -35,27 +35,78 @@ _REPORT_EVERY_S = 5.0
 
 
 async def supervise(
-    services: Sequence[Service], stop: asyncio.Event, settings: SupervisorSettings
+    services: Sequence[Service],
+    stop: asyncio.Event,
+    settings: SupervisorSettings,
+    replacements: asyncio.Queue[Service] | None = None,
 ) -> None:
-    states = _States(services, settings.health_file)
+    """Run ``services`` until ``stop`` (or until they all return, in burst mode).
+
+    replacements: services to run instead of the running one of the same name (a changed
+    configuration): that one is stopped as at SIGTERM, then the new one starts.
+    """
+    slots = {service.name: _Slot(service) for service in services}
+    states = _States(slots, settings.health_file)
     async with asyncio.TaskGroup() as group:
-        tasks = [group.create_task(_keep_running(s, stop, settings, states)) for s in services]
-        deadline = group.create_task(_cancel_when_late(stop, settings.stop_timeout, tasks))
-        reporter = group.create_task(_report_progress(states))
+        tasks = [
+            group.create_task(_keep_running(slot, stop, settings, states))
+            for slot in slots.values()
+        ]
+        helpers = [
+            group.create_task(_cancel_when_late(stop, settings.stop_timeout, tasks)),
+            group.create_task(_report_progress(states)),
+            group.create_task(_relay_stop(stop, slots)),
+        ]
+        if replacements is not None:
+            helpers.append(group.create_task(_replace(replacements, slots)))
         # Whatever had to come first (storage, the scheduler) is up: systemd may go on.
         sdnotify.notify(READY=1, STATUS=states.summary())
         await asyncio.wait(tasks)
-        deadline.cancel()
-        reporter.cancel()
+        for helper in helpers:
+            helper.cancel()
     states.report()
+
+
+class _Slot:
+    """One service's place: the instance that runs there, the event that stops it (the
+    supervisor's stop, or a replacement), and the replacement waiting to start."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.stop = asyncio.Event()
+        self.next: Service | None = None
+
+    def take_replacement(self) -> bool:
+        if self.next is None:
+            return False
+        self.service, self.next = self.next, None
+        self.stop = asyncio.Event()
+        return True
+
+
+async def _relay_stop(stop: asyncio.Event, slots: Mapping[str, _Slot]) -> None:
+    await stop.wait()
+    for slot in slots.values():
+        slot.stop.set()
+
+
+async def _replace(replacements: asyncio.Queue[Service], slots: Mapping[str, _Slot]) -> None:
+    while True:
+        service = await replacements.get()
+        slot = slots.get(service.name)
+        if slot is None:
+            logs.get().warning("replacement_not_running", service=service.name)
+            continue
+        slot.next = service
+        slot.stop.set()
 
 
 class _States:
     """Each service's state and progress: systemd's STATUS line and the health file."""
 
-    def __init__(self, services: Sequence[Service], health_file: Path | None) -> None:
-        self._services = services
-        self._states = {service.name: "running" for service in services}
+    def __init__(self, slots: Mapping[str, _Slot], health_file: Path | None) -> None:
+        self._slots = slots
+        self._states = dict.fromkeys(slots, "running")
         self._health_file = health_file
         self._reported: tuple[str, str] | None = None
 
@@ -65,19 +116,19 @@ class _States:
 
     def summary(self) -> str:
         by_state: dict[str, list[str]] = {}
-        for service in self._services:
-            by_state.setdefault(self._states[service.name], []).append(_with_progress(service))
+        for name, slot in self._slots.items():
+            by_state.setdefault(self._states[name], []).append(_with_progress(slot.service))
         return "; ".join(f"{state}: {', '.join(names)}" for state, names in by_state.items())
 
     def health(self) -> str:
         return json.dumps(
             {
-                service.name: {
-                    "state": self._states[service.name],
-                    "last_success": _isoformat(service.progress.last_success),
-                    "failures_since": service.progress.failures,
+                name: {
+                    "state": self._states[name],
+                    "last_success": _isoformat(slot.service.progress.last_success),
+                    "failures_since": slot.service.progress.failures,
                 }
-                for service in self._services
+                for name, slot in self._slots.items()
             },
             indent=2,
         )
@@ -120,27 +171,33 @@ async def _report_progress(states: _States) -> None:
 
 
 async def _keep_running(
-    service: Service, stop: asyncio.Event, settings: SupervisorSettings, states: _States
+    slot: _Slot, stop: asyncio.Event, settings: SupervisorSettings, states: _States
 ) -> None:
-    logs.bind_service(service.name)
-    log = logs.get(service=service.name)
+    name = slot.service.name
+    logs.bind_service(name)
+    log = logs.get(service=name)
     delay = settings.restart_backoff_initial
     while not stop.is_set():
         started = time.monotonic()
         try:
-            await service.run(stop)
-            states.set(service.name, "stopped")
+            await slot.service.run(slot.stop)
+            if not stop.is_set() and slot.take_replacement():
+                log.info("service_replaced")
+                states.set(name, "running")
+                continue
+            states.set(name, "stopped")
             return
         except Exception:
             if time.monotonic() - started > _STABLE_AFTER_S:
                 delay = settings.restart_backoff_initial
             log.exception("service_crashed", restart_in_s=delay)
-            states.set(service.name, "restarting")
+            states.set(name, "restarting")
         try:
             await asyncio.wait_for(stop.wait(), delay)
         except TimeoutError:
             log.info("service_restarting")
-            states.set(service.name, "running")
+            states.set(name, "running")
+        slot.take_replacement()
         delay = min(delay * 2, settings.restart_backoff_max)
 
 

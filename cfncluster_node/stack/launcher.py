@@ -10,10 +10,10 @@ are not. Interrupting a watch leaves the stack alone.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import json
 import re
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,9 +22,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cfncluster_node import __version__
+from cfncluster_node import __version__, protocol
 from cfncluster_node.aws import Aws, AwsError
-from cfncluster_node.config import ConfigError
+from cfncluster_node.config import Change, ConfigError, affected
 from cfncluster_node.stack import template
 from cfncluster_node.stack.clusterconfig import ClusterConfig
 
@@ -81,6 +81,17 @@ def interrupts_head_node(deployed: dict[str, Any], wanted: dict[str, Any]) -> bo
     return before is not None and before != wanted["Resources"][template.HEAD_NODE]
 
 
+def config_change(deployed: dict[str, Any], wanted: dict[str, Any]) -> Change:
+    """What the head node restarts for the update's node.toml (unfilled, both sides)."""
+
+    def node_toml(rendered: dict[str, Any]) -> dict[str, Any]:
+        resource = rendered.get("Resources", {}).get("HeadNodeConfig")
+        return tomllib.loads(resource["Properties"]["Value"]["Fn::Sub"]) if resource else {}
+
+    before = node_toml(deployed)
+    return affected(before, node_toml(wanted)) if before else Change()
+
+
 def failures(events: Sequence[dict[str, Any]]) -> tuple[Failure, ...]:
     """The resources that failed, oldest first, each once with its first reason."""
     seen: dict[str, Failure] = {}
@@ -131,10 +142,16 @@ class Launcher:
         if current is None:
             raise AwsError("cloudformation", "update_stack", "ValidationError", f"no stack {name}")
         seen = {e["EventId"] for e in await self._events(current.stack_id)}
-        if interrupts_head_node(await self.deployed_template(name), template.render(cluster)):
+        deployed, wanted = await self.deployed_template(name), template.render(cluster)
+        if interrupts_head_node(deployed, wanted):
             self._console.print(
-                "[yellow]warning:[/] this changes the head node's user data: CloudFormation "
-                "stops and starts the head node to apply it"
+                "[yellow]warning:[/] this changes the head node itself: CloudFormation "
+                "replaces or stops and starts it to apply it"
+            )
+        change = config_change(deployed, wanted)
+        if change:
+            self._console.print(
+                f"node.toml changes ({', '.join(change.sections)}): this {change.describe()}"
             )
         url = await self.upload(name, cluster)
         try:
@@ -184,15 +201,11 @@ class Launcher:
         return instance_id
 
     async def node_config(self, name: str) -> str:
-        """The node.toml the stack gave its head node (in its user data), as filled in."""
-        user_data = await self._aws.call(
-            "ec2",
-            "describe_instance_attribute",
-            InstanceId=await self.head_node_id(name),
-            Attribute="userData",
-        )
-        script = base64.b64decode(user_data["UserData"]["Value"]).decode()
-        return template.node_config_in(script)
+        """The node.toml the stack holds for its head node, as filled in."""
+        parameter = protocol.config_parameter(check_name(name))
+        response = await self._aws.call("ssm", "get_parameter", Name=parameter)
+        text: str = response["Parameter"]["Value"]
+        return text
 
     async def describe(self, name_or_id: str) -> StackView | None:
         stack = await self._stack(name_or_id)

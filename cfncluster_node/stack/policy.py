@@ -115,6 +115,11 @@ def head_node_statements(hooks: HooksSettings) -> list[Json]:
         ),
         # The bootstrap installs the cluster's munge key.
         _allow(["secretsmanager:GetSecretValue"], [munge_key_arn()]),
+        # node.toml, read at start and followed while running.
+        _allow(
+            ["ssm:GetParameter"],
+            [_sub(f"{_ARN}:ssm:{_HERE}:parameter{protocol.config_parameter('${AWS::StackName}')}")],
+        ),
         # Readiness: the head node signals its creation policy.
         _allow(
             ["cloudformation:SignalResource"],

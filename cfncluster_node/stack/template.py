@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 from cfncluster_node import protocol
-from cfncluster_node.config import HookSettings, HooksSettings
+from cfncluster_node.config import ConfigError, HookSettings, HooksSettings
 from cfncluster_node.stack import policy
 from cfncluster_node.stack.clusterconfig import ClusterConfig
 
@@ -23,7 +23,8 @@ Json = dict[str, Any]
 
 HEAD_NODE = "HeadNode"  # the logical id the head node signals
 SHARED_DEVICE = "/dev/sdf"
-NODE_CONFIG_PATH = "/etc/cfncluster/node.toml"
+HEAD_ENV_PATH = "/etc/default/cfncluster-node"
+_PARAMETER_MAX = 4096  # a standard SSM parameter's value
 COMPUTE_CONFIG_PATH = "/etc/cfncluster/compute.toml"
 # Auto Scaling's notifications the SQS watcher acts on.
 NOTIFICATIONS = [
@@ -57,6 +58,7 @@ def render(cluster: ClusterConfig) -> Json:
     resources: Json = {
         **_messaging(),
         **_munge_key(),
+        **_head_node_config(cluster),
         **_table(),
         **_security(cluster),
         **_roles(cluster),
@@ -325,27 +327,39 @@ def hooks_config(hooks: HooksSettings) -> list[str]:
     return lines
 
 
-_NODE_TOML_START = f"cat > {NODE_CONFIG_PATH} <<'NODE_TOML'"
-_NODE_TOML_END = "NODE_TOML"
-
-
-def node_config_in(user_data: str) -> str:
-    """The node.toml inside a head node's user data script."""
-    after = user_data.split(f"{_NODE_TOML_START}\n", 1)[1]
-    return after.split(f"\n{_NODE_TOML_END}\n", 1)[0] + "\n"
-
-
 def _script(*lines: str) -> str:
     return "\n".join(["#!/bin/bash", "set -euo pipefail", *lines, ""])
 
 
-def _head_node_user_data(cluster: ClusterConfig) -> str:
+def _head_node_config(cluster: ClusterConfig) -> Json:
+    # node.toml lives here, not in the user data: a change reaches the running head node
+    # (node/nodeconfig.py), where one in the user data would stop and start it.
+    text = node_config(cluster)
+    if len(text) > _PARAMETER_MAX:
+        raise ConfigError(
+            f"the head node's node.toml is {len(text)} characters, more than an SSM "
+            f"parameter holds ({_PARAMETER_MAX}): shorten the hooks' arguments"
+        )
+    return {
+        "HeadNodeConfig": {
+            "Type": "AWS::SSM::Parameter",
+            "Properties": {
+                "Name": _sub(protocol.config_parameter("${AWS::StackName}")),
+                "Type": "String",
+                "Description": _sub("${AWS::StackName}: the head node's node.toml"),
+                "Value": _sub(text),
+            },
+        }
+    }
+
+
+def _head_node_user_data() -> str:
     return _script(
-        f"mkdir -p {NODE_CONFIG_PATH.rsplit('/', 1)[0]}",
-        _NODE_TOML_START,
-        node_config(cluster).rstrip("\n"),
-        _NODE_TOML_END,
-        # The unit signals CloudFormation itself, success or failure (creation policy).
+        f"cat > {HEAD_ENV_PATH} <<'HEAD_ENV'",
+        f"{protocol.CONFIG_PARAMETER_ENV}={protocol.config_parameter('${AWS::StackName}')}",
+        "AWS_REGION=${AWS::Region}",
+        "HEAD_ENV",
+        # The unit fetches node.toml, and signals CloudFormation itself, success or failure.
         "systemctl enable --now cfncluster-node.service",
     )
 
@@ -364,7 +378,7 @@ def _head_node(cluster: ClusterConfig) -> Json:
                 "AssociatePublicIpAddress": cluster.network.public_ip,
             }
         ],
-        "UserData": {"Fn::Base64": _sub(_head_node_user_data(cluster))},
+        "UserData": {"Fn::Base64": _sub(_head_node_user_data())},
         "Tags": _tags("${AWS::StackName}-head"),
     }
     if cluster.cluster.key_name:
