@@ -224,7 +224,8 @@ def test_compute_nodes_get_their_compute_toml_and_start_their_unit() -> None:
     data = template.render(cluster)["Resources"]["ComputeLaunchTemplate"]["Properties"]
     script = data["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
 
-    assert f"<<'COMPUTE_TOML'\n{template.compute_config(cluster)}COMPUTE_TOML\n" in script
+    end = template.USER_DATA_END
+    assert f"compute.toml <<'{end}'\n{template.compute_config(cluster)}{end}\n" in script
     assert script.rstrip().endswith("systemctl enable --now cfncluster-compute.service")
     for placeholder in ("${Queue}", "${HeadNode.PrivateIp}", "${MungeKey}", "${AWS::Region}"):
         assert placeholder in template.compute_config(cluster)

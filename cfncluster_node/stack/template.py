@@ -24,6 +24,7 @@ Json = dict[str, Any]
 HEAD_NODE = "HeadNode"  # the logical id the head node signals
 SHARED_DEVICE = "/dev/sdf"
 HEAD_ENV_PATH = "/etc/default/cfncluster-node"
+USER_DATA_END = "CFNCLUSTER_FILE"
 _PARAMETER_MAX = 4096  # a standard SSM parameter's value
 COMPUTE_CONFIG_PATH = "/etc/cfncluster/compute.toml"
 # Auto Scaling's notifications the SQS watcher acts on.
@@ -353,14 +354,25 @@ def _head_node_config(cluster: ClusterConfig) -> Json:
     }
 
 
-def _head_node_user_data() -> str:
+def _user_data(path: str, text: str, unit: str) -> str:
+    """What cloud-init runs once per instance: one file written, one unit enabled and
+    started. The unit does the rest, at this boot and every later one."""
     return _script(
-        f"cat > {HEAD_ENV_PATH} <<'HEAD_ENV'",
-        f"{protocol.CONFIG_PARAMETER_ENV}={protocol.config_parameter('${AWS::StackName}')}",
-        "AWS_REGION=${AWS::Region}",
-        "HEAD_ENV",
-        # The unit fetches node.toml, and signals CloudFormation itself, success or failure.
-        "systemctl enable --now cfncluster-node.service",
+        f"mkdir -p {path.rsplit('/', 1)[0]}",
+        f"cat > {path} <<'{USER_DATA_END}'",
+        text.rstrip("\n"),
+        USER_DATA_END,
+        f"systemctl enable --now {unit}",
+    )
+
+
+def _head_node_user_data() -> str:
+    # The unit fetches node.toml and signals CloudFormation itself, success or failure.
+    parameter = protocol.config_parameter("${AWS::StackName}")
+    return _user_data(
+        HEAD_ENV_PATH,
+        f"{protocol.CONFIG_PARAMETER_ENV}={parameter}\nAWS_REGION=${{AWS::Region}}\n",
+        "cfncluster-node.service",
     )
 
 
@@ -440,14 +452,8 @@ def compute_config(cluster: ClusterConfig) -> str:
 
 
 def _compute_user_data(cluster: ClusterConfig) -> str:
-    return _script(
-        f"mkdir -p {COMPUTE_CONFIG_PATH.rsplit('/', 1)[0]}",
-        f"cat > {COMPUTE_CONFIG_PATH} <<'COMPUTE_TOML'",
-        compute_config(cluster).rstrip("\n"),
-        "COMPUTE_TOML",
-        # Configures the node, joins at boot and leaves at shutdown (cfncluster-compute.service).
-        "systemctl enable --now cfncluster-compute.service",
-    )
+    # Configures the node, joins at boot and leaves at shutdown.
+    return _user_data(COMPUTE_CONFIG_PATH, compute_config(cluster), "cfncluster-compute.service")
 
 
 def _compute(cluster: ClusterConfig) -> Json:
