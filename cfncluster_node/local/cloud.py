@@ -33,9 +33,9 @@ CREDENTIALS = {
 }
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((host, 0))
         port: int = probe.getsockname()[1]
         return port
 
@@ -45,12 +45,15 @@ class MotoServer:
 
     ``stock=False`` (the default) runs it with the SQS fixes of ``motoserver``: without
     them moto loses and duplicates messages under concurrent receivers and deletes.
+    ``host``: another address to listen on, one of a network namespace the test made
+    (the VM test's bridge), never one outside it.
     """
 
-    def __init__(self, *, stock: bool = False) -> None:
+    def __init__(self, *, stock: bool = False, host: str = "127.0.0.1") -> None:
         self.module = "moto.server" if stock else "cfncluster_node.local.motoserver"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +65,7 @@ class MotoServer:
         log = os.environ.get("MOTO_SERVER_LOG")
         with open(log or os.devnull, "ab") as sink:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", self.module, "-H", "127.0.0.1", "-p", str(self.port)],
+                [sys.executable, "-m", self.module, "-H", self.host, "-p", str(self.port)],
                 stdout=sink,
                 stderr=sink,
             )
@@ -103,8 +106,9 @@ class MotoServer:
 
 
 @contextlib.asynccontextmanager
-async def metadata_service(values: dict[str, str]) -> AsyncIterator[str]:
-    """One instance's metadata over IMDSv2 (moto's is static and global); yields its URL."""
+async def metadata_service(values: dict[str, str], host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """One instance's metadata over IMDSv2 (moto's is static and global); yields its URL.
+    ``host``: as MotoServer's."""
     token = "token-1234"
 
     async def issue_token(request: web.Request) -> web.Response:
@@ -124,8 +128,8 @@ async def metadata_service(values: dict[str, str]) -> AsyncIterator[str]:
     runner = web.AppRunner(app)
     await runner.setup()
     try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        await web.TCPSite(runner, host, 0).start()
+        yield f"http://{host}:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
