@@ -27,9 +27,10 @@ case "$role" in
     # The head node runs slurmctld, exports the shared volume and builds the scratch RAID.
     head) unit=cfncluster-node.service
           debs="python3 python3-venv slurmctld slurm-client munge mdadm e2fsprogs xfsprogs nfs-kernel-server nvme-cli" ;;
-    # A compute node mounts the shared volumes and builds its own scratch RAID.
+    # A compute node mounts the shared volumes and builds its own scratch RAID; slurmd
+    # puts jobs in cgroups through systemd's D-Bus API.
     compute) unit=cfncluster-compute.service
-          debs="python3 python3-venv slurmd slurm-client munge nfs-common mdadm e2fsprogs xfsprogs nvme-cli" ;;
+          debs="python3 python3-venv slurmd slurm-client munge nfs-common mdadm e2fsprogs xfsprogs nvme-cli dbus" ;;
     *) echo "install.sh: --role head or --role compute" >&2; exit 2 ;;
 esac
 if [ "$list" = yes ]; then echo "$debs"; exit 0; fi

@@ -18,16 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings
 from cfncluster_node.local.cloud import CREDENTIALS, MotoServer, metadata_service, send_messages
+from cfncluster_node.node import group
 from cfncluster_node.stack import launcher, template
 from tests.clusters import on_moto
 
@@ -44,35 +47,41 @@ async def serve(state_dir: Path, address: str) -> None:
             creating = asyncio.create_task(stacks.create(STACK, await on_moto(aws)))
             head = await _head_node(aws)
             volume = await _shared_volume(aws)
-            described = await aws.call("ec2", "describe_instances", InstanceIds=[head])
-            instance = described["Reservations"][0]["Instances"][0]
-            user_data = await aws.call(
-                "ec2", "describe_instance_attribute", InstanceId=head, Attribute="userData"
-            )
             # A message no retry can make valid: the watcher's dead-letter log line.
             queue = await aws.call("sqs", "get_queue_url", QueueName=f"{STACK}-queue")
             await send_messages(aws, queue["QueueUrl"], ["{not json"])
-            metadata = {
-                "instance-id": head,
-                "instance-type": instance["InstanceType"],
-                "local-ipv4": instance["PrivateIpAddress"],
-                "local-hostname": instance["PrivateDnsName"],
-                # The instance-store disks: the VM's second and third virtio disks.
-                "block-device-mapping/": "ami\nephemeral0\nephemeral1\nroot",
-                "block-device-mapping/ephemeral0": "vdb",
-                "block-device-mapping/ephemeral1": "vdc",
-            }
-            async with metadata_service(metadata, host=address) as imds:
+            # The group launches one compute node (moto sends no notification of it: the
+            # node's own join registers it).
+            compute = await _compute_node(aws)
+            async with contextlib.AsyncExitStack() as servers:
+                instances = {}
+                for role, instance_id, user_data in (
+                    ("head", head, await _user_data(aws, head)),
+                    ("compute", compute, await _launch_template_user_data(aws)),
+                ):
+                    instance = await _describe(aws, instance_id)
+                    imds = await servers.enter_async_context(
+                        metadata_service(_metadata(instance), host=address)
+                    )
+                    instances[role] = {
+                        "address": instance["PrivateIpAddress"],
+                        "hostname": instance["PrivateDnsName"].split(".")[0],
+                        "user_data": user_data,
+                        "environment": {
+                            **CREDENTIALS,
+                            "AWS_ENDPOINT_URL": moto.url,
+                            "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds,
+                        },
+                    }
+                secret = await aws.call(
+                    "secretsmanager", "get_secret_value", SecretId=f"{STACK}-munge-key"
+                )
                 state = {
-                    "address": instance["PrivateIpAddress"],
-                    "user_data": base64.b64decode(user_data["UserData"]["Value"]).decode(),
+                    "instances": instances,
+                    # For the host's check that no image holds it.
+                    "munge_key": secret["SecretString"],
                     # On Nitro, an EBS volume is the NVMe device whose serial is its id.
                     "volume_serial": volume.replace("-", ""),
-                    "environment": {
-                        **CREDENTIALS,
-                        "AWS_ENDPOINT_URL": moto.url,
-                        "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds,
-                    },
                 }
                 (state_dir / "state.json").write_text(json.dumps(state, indent=2))
                 stopped = asyncio.Event()
@@ -87,6 +96,55 @@ async def serve(state_dir: Path, address: str) -> None:
                     )
                 )
                 await stopped.wait()
+
+
+def _metadata(instance: dict[str, Any]) -> dict[str, str]:
+    return {
+        "instance-id": instance["InstanceId"],
+        "instance-type": instance["InstanceType"],
+        "local-ipv4": instance["PrivateIpAddress"],
+        "local-hostname": instance["PrivateDnsName"],
+        # The instance-store disks: the VM's second and third virtio disks.
+        "block-device-mapping/": "ami\nephemeral0\nephemeral1\nroot",
+        "block-device-mapping/ephemeral0": "vdb",
+        "block-device-mapping/ephemeral1": "vdc",
+    }
+
+
+async def _describe(aws: Aws, instance_id: str) -> dict[str, Any]:
+    described = await aws.call("ec2", "describe_instances", InstanceIds=[instance_id])
+    instance: dict[str, Any] = described["Reservations"][0]["Instances"][0]
+    return instance
+
+
+async def _user_data(aws: Aws, instance_id: str) -> str:
+    found = await aws.call(
+        "ec2", "describe_instance_attribute", InstanceId=instance_id, Attribute="userData"
+    )
+    return base64.b64decode(found["UserData"]["Value"]).decode()
+
+
+async def _launch_template_user_data(aws: Aws) -> str:
+    """What EC2 gives the group's instances: the launch template's user data."""
+    versions = await aws.call(
+        "ec2", "describe_launch_template_versions", LaunchTemplateName=f"{STACK}-compute"
+    )
+    data = versions["LaunchTemplateVersions"][-1]["LaunchTemplateData"]["UserData"]
+    return base64.b64decode(data).decode()
+
+
+async def _compute_node(aws: Aws) -> str:
+    name = f"{STACK}-compute"
+    while True:
+        try:
+            await aws.call(
+                "autoscaling", "set_desired_capacity", AutoScalingGroupName=name, DesiredCapacity=1
+            )
+            break
+        except AwsError:  # the group is not created yet
+            await asyncio.sleep(0.5)
+    members = (await group.describe(aws, name)).members
+    return sorted(members)[0]
 
 
 async def _head_node(aws: Aws) -> str:
