@@ -105,6 +105,29 @@ def test_a_group_instance_running_long_without_joining_never_joined() -> None:
     assert drift.never_joined == [A]
 
 
+def test_a_host_a_joining_instance_registered_itself_is_left_to_its_join() -> None:
+    # slurmd -Z registers the node before the head node has applied its join message.
+    booting = Instance(A, "running", NOW - timedelta(minutes=2), hostname="ip-10-0-0-7")
+    stale = Instance(B, "running", NOW - timedelta(hours=1), hostname="ip-10-0-0-8")
+    seen = Observation(
+        rows={},
+        instances={A: booting, B: stale},
+        group={i: Member("InService", protected=False) for i in (A, B)},
+        hosts={
+            h: HostStatus(h, 4, None, "idle", available=True, busy=False)
+            for h in ("ip-10-0-0-7", "ip-10-0-0-8", "h-x")
+        },
+        hostnames=Hostnames(),
+    )
+
+    drift = diagnose(seen, now=NOW, join_timeout=timedelta(minutes=15))
+
+    assert drift.joining == ["ip-10-0-0-7"]
+    # Past its join timeout it never joined: its host is nobody's, and goes.
+    assert drift.never_joined == [B]
+    assert drift.unowned_hosts == ["h-x", "ip-10-0-0-8"]
+
+
 def test_healing_replays_the_events_the_queue_lost() -> None:
     drift = Drift(
         gone=[row(A, InstanceState.READY, "h-a")], lost_hosts=[row(B, InstanceState.READY, "h-b")]

@@ -31,6 +31,8 @@ class Instance:
     instance_id: str
     state: str
     launched_at: datetime | None = None
+    #: The scheduler's name for it: the first label of its private DNS name.
+    hostname: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,9 @@ class Drift:
     lost_hosts: list[InstanceRecord] = field(default_factory=list)
     unowned_hosts: list[str] = field(default_factory=list)
     never_joined: list[str] = field(default_factory=list)
+    #: Hosts a group instance registered itself (slurmd -Z) before its join was applied:
+    #: left alone, the join makes them owned; not drift.
+    joining: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.gone or self.lost_hosts or self.unowned_hosts or self.never_joined)
@@ -77,19 +82,19 @@ def diagnose(seen: Observation, *, now: datetime, join_timeout: timedelta) -> Dr
             and seen.hostnames.owner(row.hostname) == instance_id
         ):
             drift.lost_hosts.append(row)
-    drift.unowned_hosts.extend(sorted(h for h in seen.hosts if seen.hostnames.owner(h) is None))
+    joining: set[str] = set()
     for instance_id in sorted(seen.group):
         instance = seen.instances.get(instance_id)
         known = seen.rows.get(instance_id)
         joined = known is not None and known.state is not InstanceState.LAUNCHED
-        if (
-            instance is not None
-            and instance.state == "running"
-            and instance.launched_at is not None
-            and now - instance.launched_at > join_timeout
-            and not joined
-        ):
+        if instance is None or instance.state != "running" or joined:
+            continue
+        if instance.launched_at is not None and now - instance.launched_at > join_timeout:
             drift.never_joined.append(instance_id)
+        elif instance.hostname is not None:
+            joining.add(instance.hostname)
+    for hostname in sorted(h for h in seen.hosts if seen.hostnames.owner(h) is None):
+        (drift.joining if hostname in joining else drift.unowned_hosts).append(hostname)
     return drift
 
 

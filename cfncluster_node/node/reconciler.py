@@ -37,7 +37,12 @@ async def observe(aws: Aws, registry: Registry, compute_group: str | None) -> Ob
     live = live_instances(rows)
     described = await ec2.describe_instances(aws, live | set(members))
     instances = {
-        i: Instance(i, item["State"]["Name"], item.get("LaunchTime"))
+        i: Instance(
+            i,
+            item["State"]["Name"],
+            item.get("LaunchTime"),
+            item.get("PrivateDnsName", "").split(".")[0] or None,
+        )
         for i, item in described.items()
     }
     hosts = {host.hostname: host for host in await registry.scheduler.list_hosts()}

@@ -74,7 +74,11 @@ def fleet_rows(seen: Observation, drift: Drift, now: datetime) -> list[FleetRow]
                 slots=host.slots,
                 idle_s=_seconds_since(host.idle_since, now),
                 protected=None,
-                drift="unowned_host" if hostname in drift.unowned_hosts else None,
+                drift="unowned_host"
+                if hostname in drift.unowned_hosts
+                else "joining"
+                if hostname in drift.joining
+                else None,
             )
         )
     return rows

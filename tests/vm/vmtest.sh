@@ -131,7 +131,7 @@ PY
         printf '127.0.0.1 localhost\n127.0.1.1 %s\n' "$(state hostname compute)" > "$root/etc/hosts"
         # It shuts down as an instance does, not by force: its unit must say it leaves.
         mkdir -p "$root/etc/systemd/system/vmtest.service.d"
-        printf '[Service]\nSuccessAction=none\n' > "$root/etc/systemd/system/vmtest.service.d/compute.conf"
+        printf '[Unit]\nSuccessAction=none\n' > "$root/etc/systemd/system/vmtest.service.d/compute.conf"
     fi
     chroot "$root" systemctl enable --quiet systemd-networkd.service vmtest-user-data.service \
         vmtest.service
