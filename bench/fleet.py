@@ -20,7 +20,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,14 @@ class CountingAws(Aws):
     async def call(self, service: str, operation: str, **params: Any) -> dict[str, Any]:
         self.calls[f"{service} {operation}"] += 1
         return await super().call(service, operation, **params)
+
+    async def pages(
+        self, service: str, operation: str, **params: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        # One call to AWS per page.
+        async for page in super().pages(service, operation, **params):
+            self.calls[f"{service} {operation}"] += 1
+            yield page
 
 
 @contextlib.contextmanager
