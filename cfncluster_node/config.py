@@ -197,6 +197,8 @@ class ComputeNodeSettings(Section):
     shared: list[str] = Field(default_factory=list)
     # Seconds to wait for the head node's exports before the node gives up joining.
     mount_timeout: StrictFloat = Field(default=600.0, gt=0, allow_inf_nan=False)
+    # Seconds to wait for slurmctld to hear from this node's slurmd before giving up.
+    register_timeout: StrictFloat = Field(default=600.0, gt=0, allow_inf_nan=False)
     slurmctld_port: StrictInt = Field(default=6817, ge=1, le=65535)
     feature: str = Field(default="compute", pattern=r"^[A-Za-z0-9_-]+$")
 

@@ -12,7 +12,10 @@ import asyncio
 import os
 import pwd
 import stat
+import time
 from pathlib import Path
+
+import pytest
 
 from cfncluster_node import config, imds
 from cfncluster_node.aws import Aws
@@ -20,6 +23,7 @@ from cfncluster_node.config import ComputeConfig, ComputeNodeSettings
 from cfncluster_node.local.cloud import ClusterResources, create_compute_group
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node import bootstrap, compute
+from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.stack import launcher, template
 from tests.clusters import cluster_config, on_moto
 from tests.conftest import GROUP, REGION, MetadataService
@@ -118,15 +122,7 @@ async def test_the_controller_is_this_host_at_its_address_sized_by_the_group(
 
 
 def test_slurmd_runs_configless_from_the_head_node_under_the_nodes_own_name() -> None:
-    settings = config.parse(
-        '[compute]\nregion = "us-east-1"\nqueue_url = "https://sqs.us-east-1.amazonaws.com/1/q"\n'
-        'head_node = "10.0.0.5"\nmunge_key_secret = "arn:aws:secretsmanager:us-east-1:'
-        '123456789012:secret:c-munge-key-AbCdEf"\n',
-        source="compute.toml",
-        model=ComputeConfig,
-    )
-
-    options = compute.slurmd_options(settings.compute, "ip-10-0-1-7.ec2.internal")
+    options = compute.slurmd_options(compute_node(), "ip-10-0-1-7.ec2.internal")
 
     assert options == [
         "--conf-server",
@@ -138,3 +134,64 @@ def test_slurmd_runs_configless_from_the_head_node_under_the_nodes_own_name() ->
         "ip-10-0-1-7",
     ]
     assert all(" " not in option for option in options)  # $SLURMD_OPTIONS is split on spaces
+
+
+MUNGE_KEY_SECRET = f"arn:aws:secretsmanager:{REGION}:123456789012:secret:c-munge-key-AbCdEf"
+
+
+def compute_node(**overrides: object) -> ComputeNodeSettings:
+    fields = {
+        "region": "us-east-1",
+        "queue_url": "https://sqs.us-east-1.amazonaws.com/1/q",
+        "head_node": "10.0.0.5",
+        "munge_key_secret": MUNGE_KEY_SECRET,
+        **overrides,
+    }
+    return ComputeNodeSettings.model_validate(fields)
+
+
+async def test_a_compute_node_is_ready_once_slurmctld_hears_from_its_slurmd(
+    slurm: LocalSlurm,
+) -> None:
+    conf = slurm.conf
+    slurm.start_slurmd("ip-10-0-1-7", cpus=2)
+
+    await compute.wait_until_registered(
+        compute_node(), "ip-10-0-1-7.ec2.internal", conf_caches=(conf,), poll=0.1
+    )
+
+
+async def test_a_compute_node_whose_slurmd_never_registers_fails_its_bootstrap(
+    slurm: LocalSlurm, tmp_path: Path
+) -> None:
+    conf = slurm.conf
+    node = compute_node(register_timeout=0.5)
+
+    started = time.monotonic()
+    with pytest.raises(
+        BootstrapError, match=r"slurmd not registered with 10\.0\.0\.5:6817 within 0\.5 s"
+    ):
+        await compute.wait_until_registered(node, "ip-10-0-1-8", conf_caches=(conf,), poll=0.1)
+    # Before slurmd has fetched slurm.conf there is nothing to ask: the same timeout holds.
+    with pytest.raises(BootstrapError, match=r"has not fetched slurm\.conf"):
+        await compute.wait_until_registered(
+            node, "ip-10-0-1-8", conf_caches=(tmp_path / "absent.conf",), poll=0.1
+        )
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("state", "answers"),
+    [
+        ("IDLE+DYNAMIC_NORM", True),
+        ("ALLOCATED+DYNAMIC_NORM", True),
+        ("IDLE+DYNAMIC_NORM+NOT_RESPONDING", False),
+        ("UNKNOWN+DYNAMIC_NORM", False),
+        ("FUTURE", False),
+    ],
+)
+def test_a_node_counts_as_registered_only_while_it_answers(state: str, answers: bool) -> None:
+    line = f"NodeName=ip-10-0-1-7 Arch=x86_64 CPUTot=2 State={state} Reason=none\n"
+
+    assert compute.registered(line, "ip-10-0-1-7") is answers
+    assert compute.registered(line, "ip-10-0-1-70") is False

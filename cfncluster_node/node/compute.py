@@ -20,6 +20,7 @@ from cfncluster_node.aws import Aws
 from cfncluster_node.config import ComputeConfig, ComputeNodeSettings
 from cfncluster_node.node import announce, bootstrap, hooks
 from cfncluster_node.node.bootstrap import BootstrapError
+from cfncluster_node.schedulers import slurm
 from cfncluster_node.storage import StorageError, setup
 from cfncluster_node.storage.machine import mounts
 
@@ -27,8 +28,28 @@ SLURMD_DEFAULTS = Path("/etc/default/slurmd")
 # Debian's slurmd.service starts only where /etc/slurm/slurm.conf exists: configless,
 # none does.
 SLURMD_DROP_IN = Path("/etc/systemd/system/slurmd.service.d/cfncluster.conf")
+# slurmd exits when slurmctld does not answer (the head node may still be booting), and
+# Debian's unit does not restart it: it retries here until the node is registered.
+SLURMD_UNIT_OVERRIDES = """\
+[Unit]
+# Configless: slurm.conf comes from slurmctld.
+ConditionPathExists=
+StartLimitIntervalSec=0
+
+[Service]
+Restart=on-failure
+RestartSec=5
+"""
+# Where slurmd keeps the slurm.conf it fetched, for scontrol on this node: /run/slurm/conf
+# since Slurm 22.05, the spool directory before.
+SLURMD_CONF_CACHES = (
+    Path("/run/slurm/conf/slurm.conf"),
+    Path("/var/spool/slurmd/conf-cache/slurm.conf"),
+)
 _MOUNT_TIMEOUT_S = 60.0
 _MOUNT_RETRY_S = 5.0
+_SCONTROL_TIMEOUT_S = 30.0
+_REGISTRATION_POLL_S = 2.0
 
 
 async def come_up(settings: ComputeConfig, aws: Aws) -> announce.Identity:
@@ -47,6 +68,7 @@ async def come_up(settings: ComputeConfig, aws: Aws) -> announce.Identity:
         raise BootstrapError(f"scratch: {exc}") from None
     identity = await announce.identify()
     await start_slurmd(node, identity.hostname, restart=key_changed)
+    await wait_until_registered(node, identity.hostname)
     await run_hook("post_install", settings, aws)
     await announce.send(aws, node.queue_url, protocol.READY_EVENT, identity)
     log.info(
@@ -107,10 +129,53 @@ async def start_slurmd(node: ComputeNodeSettings, hostname: str, *, restart: boo
         bootstrap.write_if_changed_all,
         {
             SLURMD_DEFAULTS: f"SLURMD_OPTIONS={options}\n",
-            SLURMD_DROP_IN: "[Unit]\n# Configless: slurm.conf comes from slurmctld.\n"
-            "ConditionPathExists=\n",
+            SLURMD_DROP_IN: SLURMD_UNIT_OVERRIDES,
         },
     )
     if changed:
         await bootstrap.daemon_reload()
     await bootstrap.ensure_running("slurmd", restart=restart or changed)
+
+
+async def wait_until_registered(
+    node: ComputeNodeSettings,
+    hostname: str,
+    *,
+    conf_caches: tuple[Path, ...] = SLURMD_CONF_CACHES,
+    poll: float = _REGISTRATION_POLL_S,
+) -> None:
+    """Wait until slurmctld lists this node and hears from it: a node announced ready
+    before then would be given jobs it cannot run."""
+    name = hostname.split(".")[0]
+    deadline = time.monotonic() + node.register_timeout
+    last = "slurmd has not fetched slurm.conf yet"
+    while True:
+        conf = next((path for path in conf_caches if path.exists()), None)
+        if conf is not None:
+            try:
+                result = await commands.run(
+                    ["scontrol", "-o", "show", "node", name],
+                    timeout=_SCONTROL_TIMEOUT_S,
+                    env={"SLURM_CONF": str(conf)},
+                )
+            except commands.CommandError as exc:
+                last = str(exc)
+            else:
+                if registered(result.stdout, name):
+                    logs.get().info("slurmd_registered", hostname=name)
+                    return
+                last = result.stdout.strip()
+        if time.monotonic() > deadline:
+            raise BootstrapError(
+                f"slurmd not registered with {node.head_node}:{node.slurmctld_port} "
+                f"within {node.register_timeout:g} s: {last}"
+            )
+        await asyncio.sleep(poll)
+
+
+def registered(scontrol_output: str, name: str) -> bool:
+    """Whether ``scontrol -o show node NAME`` shows the node answering slurmctld."""
+    return any(
+        node.name == name and not node.flags & {"NOT_RESPONDING", "UNKNOWN", "FUTURE"}
+        for node in slurm.parse_nodes(scontrol_output)
+    )
