@@ -195,3 +195,27 @@ def test_a_node_counts_as_registered_only_while_it_answers(state: str, answers: 
 
     assert compute.registered(line, "ip-10-0-1-7") is answers
     assert compute.registered(line, "ip-10-0-1-70") is False
+
+
+async def test_a_compute_nodes_boot_is_split_into_its_own_work_its_waits_and_hooks() -> None:
+    clock = compute.Stopwatch()
+    async with clock.step("munge_key", compute.OWN):
+        pass
+    async with clock.step("nfs", compute.WAIT):
+        await asyncio.sleep(0.05)
+    with pytest.raises(BootstrapError):
+        async with clock.step("slurmd_registration", compute.WAIT):
+            raise BootstrapError("slurmd not registered")
+
+    summary = clock.summary()
+
+    assert clock.failed == "slurmd_registration"
+    assert summary["hooks_ms"] == 0
+    assert float(str(summary["waited_ms"])) >= 50
+    own, waited = float(str(summary["own_ms"])), float(str(summary["waited_ms"]))
+    assert float(str(summary["duration_ms"])) == pytest.approx(own + waited, abs=0.2)
+    assert [step.split("=")[0] for step in str(summary["steps"]).split()] == [
+        "munge_key",
+        "nfs",
+        "slurmd_registration",
+    ]

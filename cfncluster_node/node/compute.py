@@ -12,7 +12,9 @@ says why in the journal, and the reconciler's "never joined" deals with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from cfncluster_node import commands, logs, protocol
@@ -53,30 +55,84 @@ _REGISTRATION_POLL_S = 2.0
 
 
 async def come_up(settings: ComputeConfig, aws: Aws) -> announce.Identity:
-    """Configure this node and join: the identity it announced."""
-    node = settings.compute
+    """Configure this node and join: the identity it announced. A step that fails is
+    logged with what came before it, then raised: the node sends nothing."""
+    clock = Stopwatch()
     log = logs.get(step="compute_bootstrap")
-    started = time.monotonic()
-    await run_hook("pre_install", settings, aws)
-    key_changed = await install_munge_key(aws, node)
-    await bootstrap.ensure_running("munge", restart=key_changed)
-    for mount_point in node.shared:
-        await mount_shared(node, mount_point)
     try:
-        await setup.set_up_all(settings.storage, aws=aws)
-    except StorageError as exc:
-        raise BootstrapError(f"scratch: {exc}") from None
-    identity = await announce.identify()
-    await start_slurmd(node, identity.hostname, restart=key_changed)
-    await wait_until_registered(node, identity.hostname)
-    await run_hook("post_install", settings, aws)
-    await announce.send(aws, node.queue_url, protocol.READY_EVENT, identity)
-    log.info(
-        "compute_node_configured",
-        hostname=identity.hostname,
-        duration_ms=round((time.monotonic() - started) * 1000, 1),
-    )
+        identity = await _configure(settings, aws, clock)
+    except Exception as exc:
+        log.error(
+            "compute_node_failed", failed_step=clock.failed, error=str(exc), **clock.summary()
+        )
+        raise
+    log.info("compute_node_configured", hostname=identity.hostname, **clock.summary())
     return identity
+
+
+async def _configure(settings: ComputeConfig, aws: Aws, clock: Stopwatch) -> announce.Identity:
+    node = settings.compute
+    async with clock.step("pre_install", HOOK):
+        await run_hook("pre_install", settings, aws)
+    async with clock.step("munge_key", OWN):
+        key_changed = await install_munge_key(aws, node)
+    async with clock.step("munge", WAIT):
+        await bootstrap.ensure_running("munge", restart=key_changed)
+    async with clock.step("nfs", WAIT):
+        for mount_point in node.shared:
+            await mount_shared(node, mount_point)
+    async with clock.step("scratch", OWN):
+        try:
+            await setup.set_up_all(settings.storage, aws=aws)
+        except StorageError as exc:
+            raise BootstrapError(f"scratch: {exc}") from None
+    async with clock.step("slurmd", OWN):
+        identity = await announce.identify()
+        await start_slurmd(node, identity.hostname, restart=key_changed)
+    async with clock.step("slurmd_registration", WAIT):
+        await wait_until_registered(node, identity.hostname)
+    async with clock.step("post_install", HOOK):
+        await run_hook("post_install", settings, aws)
+    async with clock.step("announce", OWN):
+        await announce.send(aws, node.queue_url, protocol.READY_EVENT, identity)
+    return identity
+
+
+# Where a compute node's boot goes: the product's own work, what it waits for (the head
+# node, slurmctld, the daemons it starts) and the operator's hooks.
+OWN, WAIT, HOOK = "own", "waited", "hooks"
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, str, float]] = []
+        self.failed: str | None = None
+
+    @contextlib.asynccontextmanager
+    async def step(self, name: str, kind: str) -> AsyncIterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            self.failed = name
+            raise
+        finally:
+            self._steps.append((name, kind, time.monotonic() - started))
+
+    def summary(self) -> dict[str, object]:
+        """``duration_ms``, then the milliseconds of each kind, then of each step."""
+
+        def ms(seconds: float) -> float:
+            return round(seconds * 1000, 1)
+
+        return {
+            "duration_ms": ms(sum(seconds for _, _, seconds in self._steps)),
+            **{
+                f"{kind}_ms": ms(sum(s for _, k, s in self._steps if k == kind))
+                for kind in (OWN, WAIT, HOOK)
+            },
+            "steps": " ".join(f"{name}={ms(seconds)}" for name, _, seconds in self._steps),
+        }
 
 
 async def run_hook(name: str, settings: ComputeConfig, aws: Aws) -> None:

@@ -1,25 +1,45 @@
 #!/bin/bash
-# make vmtest: boot Debian with systemd as PID 1 under QEMU, with the head node installed
-# by packer/install.sh (as on the AMI), and check inside what only a real system shows:
-# a real mdadm RAID0, the shared volume, READY=1, the watchdog, journal fields
-# (guest/usr/local/sbin/vmtest-checks). Disks: two instance-store stand-ins, one EBS
-# stand-in, and one that carries the results out. Needs root (chroot, mounts).
+# make vmtest: a cluster of two VMs, Debian with systemd as PID 1 under QEMU, each
+# installed by packer/install.sh for its role (as the AMIs are) and each an instance of a
+# real stack: moto plays AWS and the instance metadata (tests/vm/cloud.py) in a network
+# namespace this script makes, the launcher creates the stack, and each VM runs the user
+# data the stack gave its instance, as cloud-init would. From there the product alone
+# configures the nodes: node.toml and compute.toml from the stack, storage, the munge key,
+# slurm.conf, NFS, slurmd, the join. Checked inside what only real systems show
+# (guest/usr/local/sbin/vmtest-checks: a job from the head node runs on the compute VM)
+# and, on the host, the stack's SUCCESS signal. The head node's disks: two instance-store
+# stand-ins, the EBS volume as the NVMe device whose serial is its id (as on Nitro), and
+# one that carries the results out; the compute node's: two instance-store stand-ins and
+# its results. Needs root (chroot, mounts, a network namespace).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 cache="${VMTEST_CACHE:-/var/cache/cfncluster-vmtest}"
 work="$(mktemp -d /var/tmp/cfncluster-vmtest.XXXXXX)"
-root="$work/root"
+python="$repo/.venv/bin/python"
+# The VPC: a bridge in a namespace of our own, moto and the metadata on its address.
+netns="cfnvm$$" aws_address=172.31.255.254
+declare -A mac=([head]=52:54:00:00:01:01 [compute]=52:54:00:00:01:02)
+declare -A tap=([head]=tap0 [compute]=tap1)
+cloud_pid=""
 cleanup() {
-    umount -q "$root/proc" "$root/dev" 2>/dev/null || true
+    for role in head compute; do
+        umount -q "$work/$role/root/proc" "$work/$role/root/dev" 2>/dev/null || true
+    done
+    [ -n "$cloud_pid" ] && kill "$cloud_pid" 2>/dev/null
+    for pid in $(ip netns pids "$netns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
+    ip netns del "$netns" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
 say() { echo "vmtest: $*"; }
 started=$SECONDS
 
-# 1. The base system, cached by its inputs: the package list and the build script.
-packages="systemd-sysv udev kmod linux-image-amd64 $(bash "$repo/packer/install.sh" --role head --list-packages)"
+# 1. The base system, cached by its inputs: the package list and the build script. One
+#    base for both roles: each installs its own part of it.
+role_packages() { bash "$repo/packer/install.sh" --role "$1" --list-packages; }
+packages="$(echo systemd-sysv udev kmod linux-image-amd64 $(role_packages head) \
+    $(role_packages compute) | tr ' ' '\n' | sort -u | tr '\n' ' ')"
 key="$( (echo "$packages"; cat "$here/build-base.sh") | sha256sum | cut -c1-16)"
 base="$cache/base-$key"
 if [ -f "$base/rootfs.tar.zst" ]; then
@@ -30,50 +50,161 @@ else
     "$here/build-base.sh" "$base" $packages
 fi
 
-# 2. This tree, installed by the script Packer runs, then the test's own files.
-mkdir "$root"
-zstd -q -dc "$base/rootfs.tar.zst" | tar -x -C "$root"
-cp -r "$repo/dist" "$root/tmp/dist"
-mount -t proc proc "$root/proc"
-mount --bind /dev "$root/dev"
-# A clean environment, as on a fresh instance: none of this machine's pip settings.
-chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    bash /tmp/dist/install.sh --role head --from /tmp/dist --no-packages
-umount "$root/proc" "$root/dev"
-rm -rf "$root/tmp/dist"
-cp -r "$here/guest/." "$root/"
-chroot "$root" systemctl enable --quiet systemd-networkd.service slurmctld.service vmtest.service
-mkfs.ext4 -q -F -L root -d "$root" "$work/root.img" 3G
-say "image ready after $((SECONDS - started)) s"
-
-# 3. Boot. Fresh sparse disks each run: old RAID superblocks would be assembled at boot.
-for disk in scratch1 scratch2 shared; do truncate -s 1G "$work/$disk.img"; done
-truncate -s 64M "$work/results.img"
-drives=()
-for disk in root scratch1 scratch2 shared results; do
-    drives+=(-drive "file=$work/$disk.img,format=raw,if=none,id=$disk"
-             -device "virtio-blk-pci,drive=$disk,serial=$disk")
+# 2. The cloud: the namespace, its bridge and taps, moto and the stack, the metadata.
+ip netns add "$netns"
+ip -n "$netns" link set lo up
+ip -n "$netns" link add br0 type bridge
+ip -n "$netns" addr add "$aws_address/16" dev br0
+ip -n "$netns" link set br0 up
+for role in head compute; do
+    ip -n "$netns" tuntap add "${tap[$role]}" mode tap
+    ip -n "$netns" link set "${tap[$role]}" master br0
+    ip -n "$netns" link set "${tap[$role]}" up
 done
-booted=$SECONDS
-timeout 900 qemu-system-x86_64 -accel tcg,thread=multi -cpu max -machine q35 -smp 2 -m 1536 \
-    -nodefaults -display none -monitor none -no-reboot -nic none -device virtio-rng-pci \
-    -serial "file:$work/serial.log" \
-    -kernel "$base/vmlinuz" -initrd "$base/initrd.img" \
-    -append "root=LABEL=root rw console=ttyS0 systemd.unit=vmtest.target panic=1 quiet" \
-    "${drives[@]}" || { tail -50 "$work/serial.log"; say "QEMU failed"; exit 1; }
-say "VM ran for $((SECONDS - booted)) s"
+mkdir "$work/state"
+ip netns exec "$netns" env PYTHONPATH="$repo" "$python" -m tests.vm.cloud \
+    serve "$work/state" "$aws_address" > "$work/state/cloud.log" 2>&1 &
+cloud_pid=$!
+for _ in $(seq 240); do
+    [ -f "$work/state/state.json" ] && break
+    kill -0 "$cloud_pid" 2>/dev/null || { cat "$work/state/cloud.log"; say "the cloud died"; exit 1; }
+    sleep 0.5
+done
+[ -f "$work/state/state.json" ] || { cat "$work/state/cloud.log"; say "no stack"; exit 1; }
+# state KEY [ROLE]: a value of state.json, the instance ROLE's if given.
+state() {
+    "$python" -c 'import json, sys
+state = json.load(open(sys.argv[1]))
+print((state["instances"][sys.argv[3]] if len(sys.argv) > 3 else state)[sys.argv[2]])' \
+        "$work/state/state.json" "$@"
+}
+say "stack created in moto: head node $(state address head), compute node $(state address compute)"
+# moto gives instances addresses of its own choosing: the VMs and the bridge reach each
+# other on the link, whatever the subnets.
+for role in head compute; do ip -n "$netns" route add "$(state address "$role")/32" dev br0; done
 
-# 4. The results.
-mkdir "$work/results"
-if ! tar -xf "$work/results.img" -C "$work/results" 2>/dev/null; then
-    tail -80 "$work/serial.log"
-    say "no results came out of the VM"
-    exit 1
+# 3. Each image: this tree, installed by the script Packer runs for the role, then the
+#    test's own files, then what EC2 gives an instance: its address on the VPC, its
+#    endpoints (moto's and the metadata's in the namespace), its hostname, and its user
+#    data for cloud-init (a unit stands in for it).
+image() {
+    local role="$1" root="$work/$1/root" other
+    mkdir -p "$root"
+    zstd -q -dc "$base/rootfs.tar.zst" | tar -x -C "$root"
+    cp -r "$repo/dist" "$root/tmp/dist"
+    mount -t proc proc "$root/proc"
+    mount --bind /dev "$root/dev"
+    # A clean environment, as on a fresh instance: none of this machine's pip settings.
+    chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        bash /tmp/dist/install.sh --role "$role" --from /tmp/dist --no-packages
+    umount "$root/proc" "$root/dev"
+    rm -rf "$root/tmp/dist"
+    cp -r "$here/guest/." "$root/"
+    other=$([ "$role" = head ] && echo compute || echo head)
+    cat > "$root/etc/systemd/network/10-vpc.network" <<NETWORK
+[Match]
+MACAddress=${mac[$role]}
+
+[Network]
+Address=$(state address "$role")/16
+LinkLocalAddressing=no
+
+[Route]
+Destination=$aws_address/32
+Scope=link
+
+[Route]
+Destination=$(state address "$other")/32
+Scope=link
+NETWORK
+    mkdir -p "$root/etc/systemd/system.conf.d" "$root/var/lib/cloud/instance"
+    "$python" - "$work/state/state.json" "$role" > "$root/etc/systemd/system.conf.d/aws.conf" <<'PY'
+import json, sys
+environment = json.load(open(sys.argv[1]))["instances"][sys.argv[2]]["environment"]
+print("[Manager]")
+print("DefaultEnvironment=" + " ".join(f"{k}={v}" for k, v in environment.items()))
+PY
+    state user_data "$role" > "$root/var/lib/cloud/instance/user-data.txt"
+    echo "$role" > "$root/etc/vmtest-role"
+    if [ "$role" = compute ]; then
+        state hostname compute > "$root/etc/hostname"
+        printf '127.0.0.1 localhost\n127.0.1.1 %s\n' "$(state hostname compute)" > "$root/etc/hosts"
+        # It shuts down as an instance does, not by force: its unit must say it leaves.
+        mkdir -p "$root/etc/systemd/system/vmtest.service.d"
+        printf '[Unit]\nSuccessAction=none\n' > "$root/etc/systemd/system/vmtest.service.d/compute.conf"
+    fi
+    chroot "$root" systemctl enable --quiet systemd-networkd.service vmtest-user-data.service \
+        vmtest.service
+    mkfs.ext4 -q -F -L root -d "$root" "$work/$role/root.img" 3G
+    rm -rf "$root"
+}
+image head
+image compute
+say "images ready after $((SECONDS - started)) s"
+# The cluster's munge key exists only in its secret, and on the nodes once they boot.
+munge_check="the munge key is in no image"
+if grep -qaF "$(state munge_key)" "$work/head/root.img" "$work/compute/root.img" "$base/rootfs.tar.zst"; then
+    munge_check="FAIL $munge_check: found in an image"
+else
+    munge_check="PASS $munge_check: in neither the head's nor the compute node's image"
 fi
+
+# 4. Boot both. Fresh sparse disks each run: old RAID superblocks would be assembled.
+boot() {
+    local role="$1" dir="$work/$1" drives=()
+    for disk in scratch1 scratch2 shared; do truncate -s 1G "$dir/$disk.img"; done
+    truncate -s 64M "$dir/results.img"
+    for disk in root scratch1 scratch2 shared results; do
+        [ "$disk" = shared ] && [ "$role" = compute ] && continue
+        drives+=(-drive "file=$dir/$disk.img,format=raw,if=none,id=$disk")
+        if [ "$disk" = shared ]; then
+            drives+=(-device "nvme,drive=$disk,serial=$(state volume_serial)")
+        else
+            drives+=(-device "virtio-blk-pci,drive=$disk,serial=$disk")
+        fi
+    done
+    timeout 1200 ip netns exec "$netns" \
+        qemu-system-x86_64 -accel tcg,thread=multi -cpu max -machine q35 -smp 2 -m 1536 \
+        -nodefaults -display none -monitor none -no-reboot -device virtio-rng-pci \
+        -netdev "tap,id=vpc,ifname=${tap[$role]},script=no,downscript=no" \
+        -device "virtio-net-pci,netdev=vpc,mac=${mac[$role]}" \
+        -serial "file:$dir/serial.log" \
+        -kernel "$base/vmlinuz" -initrd "$base/initrd.img" \
+        -append "root=LABEL=root rw console=ttyS0 systemd.unit=vmtest.target panic=1 quiet" \
+        "${drives[@]}" || { tail -50 "$dir/serial.log"; say "$role: QEMU failed"; return 1; }
+}
+booted=$SECONDS
+boot head & head_vm=$!
+boot compute & compute_vm=$!
+failed=0
+wait "$head_vm" || failed=1
+wait "$compute_vm" || failed=1
+say "the VMs ran for $((SECONDS - booted)) s"
+
+# 5. The results, the VMs' and the stack's.
 mkdir -p "$repo/.vmtest"
-cp "$work/serial.log" "$work/results/"* "$repo/.vmtest/"
-cat "$work/results/checks.txt"
-expected="$(grep -c '^check ' "$here/guest/usr/local/sbin/vmtest-checks")"
-passed="$(grep -c '^PASS ' "$work/results/checks.txt" || true)"
+for role in head compute; do
+    mkdir -p "$work/results/$role"
+    if ! tar -xf "$work/$role/results.img" -C "$work/results/$role" 2>/dev/null; then
+        tail -80 "$work/$role/serial.log"
+        say "no results came out of the $role VM"
+        failed=1
+    fi
+    cp "$work/$role/serial.log" "$repo/.vmtest/$role-serial.log"
+    for file in "$work/results/$role/"*; do
+        [ -e "$file" ] && cp "$file" "$repo/.vmtest/$role-$(basename "$file")"
+    done
+done
+kill "$cloud_pid" 2>/dev/null; wait "$cloud_pid" 2>/dev/null || true
+cloud_pid=""
+cp "$work/state/"*.log "$repo/.vmtest/"
+checks="$repo/.vmtest/checks.txt"
+cat "$work/results/head/checks.txt" > "$checks" 2>/dev/null || true
+echo "$munge_check" >> "$checks"
+PYTHONPATH="$repo" "$python" -m tests.vm.cloud check "$work/state" >> "$checks" || true
+cat "$checks"
+[ -f "$work/results/compute/bootstrap.txt" ] && cat "$work/results/compute/bootstrap.txt"
+expected=$(( $(grep -c '^check ' "$here/guest/usr/local/sbin/vmtest-checks") + 2 ))
+passed="$(grep -c '^PASS ' "$checks" || true)"
 say "$passed of $expected checks passed in $((SECONDS - started)) s (logs in .vmtest/)"
-[ "$passed" -eq "$expected" ]
+[ "$failed" -eq 0 ] && [ "$passed" -eq "$expected" ]

@@ -1,0 +1,202 @@
+"""AWS and EC2 for the VM test, inside the test's own network namespace.
+
+``python -m tests.vm.cloud serve STATE_DIR ADDRESS`` (run by vmtest.sh in the namespace):
+moto's server on ADDRESS, the launcher creating the cluster's stack (the tests' cluster in
+moto's default VPC), and the head instance's metadata (IMDSv2) on ADDRESS too. It writes
+``STATE_DIR/state.json`` with what the VM needs to be that instance (its user data, its
+address, the endpoints, the shared volume's NVMe serial), serves until SIGTERM, and
+writes ``STATE_DIR/stack.json`` when the stack settles.
+
+``python -m tests.vm.cloud check STATE_DIR`` prints the host side's check: did the head
+node's own signal complete the stack.
+
+Only what stands in for AWS and EC2 is here: the VM configures itself from the user data
+and the stack, with the product's own code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from cfncluster_node.aws import Aws, AwsError
+from cfncluster_node.config import AwsSettings
+from cfncluster_node.local.cloud import CREDENTIALS, MotoServer, metadata_service, send_messages
+from cfncluster_node.node import group
+from cfncluster_node.stack import launcher, template
+from tests.clusters import on_moto
+
+REGION = "us-east-1"
+STACK = "vmtest"
+
+
+async def serve(state_dir: Path, address: str) -> None:
+    with MotoServer(host=address) as moto:
+        moto.use()
+        async with Aws(AwsSettings(max_attempts=3), REGION) as aws:
+            log = (state_dir / "launcher.log").open("w")
+            stacks = launcher.Launcher(aws, REGION, Console(file=log, width=200), poll_s=1.0)
+            creating = asyncio.create_task(stacks.create(STACK, await on_moto(aws)))
+            head = await _head_node(aws)
+            volume = await _shared_volume(aws)
+            # A message no retry can make valid: the watcher's dead-letter log line.
+            queue = await aws.call("sqs", "get_queue_url", QueueName=f"{STACK}-queue")
+            await send_messages(aws, queue["QueueUrl"], ["{not json"])
+            # The group launches one compute node (moto sends no notification of it: the
+            # node's own join registers it).
+            compute = await _compute_node(aws)
+            async with contextlib.AsyncExitStack() as servers:
+                instances = {}
+                for role, instance_id, user_data in (
+                    ("head", head, await _user_data(aws, head)),
+                    ("compute", compute, await _launch_template_user_data(aws)),
+                ):
+                    instance = await _describe(aws, instance_id)
+                    imds = await servers.enter_async_context(
+                        metadata_service(_metadata(instance), host=address)
+                    )
+                    instances[role] = {
+                        "address": instance["PrivateIpAddress"],
+                        "hostname": instance["PrivateDnsName"].split(".")[0],
+                        "user_data": user_data,
+                        "environment": {
+                            **CREDENTIALS,
+                            "AWS_ENDPOINT_URL": moto.url,
+                            "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds,
+                        },
+                    }
+                secret = await aws.call(
+                    "secretsmanager", "get_secret_value", SecretId=f"{STACK}-munge-key"
+                )
+                state = {
+                    "instances": instances,
+                    # For the host's check that no image holds it.
+                    "munge_key": secret["SecretString"],
+                    # On Nitro, an EBS volume is the NVMe device whose serial is its id.
+                    "volume_serial": volume.replace("-", ""),
+                }
+                (state_dir / "state.json").write_text(json.dumps(state, indent=2))
+                stopped = asyncio.Event()
+                asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
+                created = await creating
+                (state_dir / "stack.json").write_text(
+                    json.dumps(
+                        {
+                            "status": created.status,
+                            "failures": [f.reason for f in created.failures],
+                        }
+                    )
+                )
+                await stopped.wait()
+
+
+def _metadata(instance: dict[str, Any]) -> dict[str, str]:
+    return {
+        "instance-id": instance["InstanceId"],
+        "instance-type": instance["InstanceType"],
+        "local-ipv4": instance["PrivateIpAddress"],
+        "local-hostname": instance["PrivateDnsName"],
+        # The instance-store disks: the VM's second and third virtio disks.
+        "block-device-mapping/": "ami\nephemeral0\nephemeral1\nroot",
+        "block-device-mapping/ephemeral0": "vdb",
+        "block-device-mapping/ephemeral1": "vdc",
+    }
+
+
+async def _describe(aws: Aws, instance_id: str) -> dict[str, Any]:
+    described = await aws.call("ec2", "describe_instances", InstanceIds=[instance_id])
+    instance: dict[str, Any] = described["Reservations"][0]["Instances"][0]
+    return instance
+
+
+async def _user_data(aws: Aws, instance_id: str) -> str:
+    found = await aws.call(
+        "ec2", "describe_instance_attribute", InstanceId=instance_id, Attribute="userData"
+    )
+    return base64.b64decode(found["UserData"]["Value"]).decode()
+
+
+async def _launch_template_user_data(aws: Aws) -> str:
+    """What EC2 gives the group's instances: the launch template's user data."""
+    versions = await aws.call(
+        "ec2", "describe_launch_template_versions", LaunchTemplateName=f"{STACK}-compute"
+    )
+    data = versions["LaunchTemplateVersions"][-1]["LaunchTemplateData"]["UserData"]
+    return base64.b64decode(data).decode()
+
+
+async def _compute_node(aws: Aws) -> str:
+    name = f"{STACK}-compute"
+    while True:
+        try:
+            await aws.call(
+                "autoscaling", "set_desired_capacity", AutoScalingGroupName=name, DesiredCapacity=1
+            )
+            break
+        except AwsError:  # the group is not created yet
+            await asyncio.sleep(0.5)
+    members = (await group.describe(aws, name)).members
+    return sorted(members)[0]
+
+
+async def _head_node(aws: Aws) -> str:
+    """The head node's instance id, once moto has created it."""
+    while True:
+        try:
+            found = await aws.call(
+                "cloudformation",
+                "describe_stack_resource",
+                StackName=STACK,
+                LogicalResourceId=template.HEAD_NODE,
+            )
+            return str(found["StackResourceDetail"]["PhysicalResourceId"])
+        except AwsError:  # not created yet
+            await asyncio.sleep(0.5)
+
+
+async def _shared_volume(aws: Aws) -> str:
+    """The stack's volume, by the tags CloudFormation gives it (moto cannot describe the
+    resources of a stack that has alarms, which it does not model)."""
+    tags = {"aws:cloudformation:stack-name": STACK, "aws:cloudformation:logical-id": "SharedVolume"}
+    filters = [{"Name": f"tag:{key}", "Values": [value]} for key, value in tags.items()]
+    while True:
+        volumes = await aws.call("ec2", "describe_volumes", Filters=filters)
+        if volumes["Volumes"]:
+            return str(volumes["Volumes"][0]["VolumeId"])
+        await asyncio.sleep(0.5)
+
+
+def check(state_dir: Path) -> int:
+    """The check only the host can make: the stack completed on the head node's signal."""
+    name = "the head node signals SUCCESS to its stack"
+    result = state_dir / "stack.json"
+    if not result.exists():
+        print(f"FAIL {name}: the stack never settled")
+        return 1
+    stack = json.loads(result.read_text())
+    ok = stack["status"] == "CREATE_COMPLETE"
+    print(f"{'PASS' if ok else 'FAIL'} {name}: {stack['status']} {stack['failures'] or ''}")
+    return 0 if ok else 1
+
+
+def main(argv: list[str]) -> int:
+    match argv:
+        case ["serve", state_dir, address]:
+            asyncio.run(serve(Path(state_dir), address))
+            return 0
+        case ["check", state_dir]:
+            return check(Path(state_dir))
+    print("usage: python -m tests.vm.cloud serve STATE_DIR ADDRESS | check STATE_DIR")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
