@@ -149,10 +149,17 @@ async def daemon_reload() -> None:
 
 
 async def ensure_running(unit: str, *, restart: bool) -> None:
-    """The unit enabled for the next boots and running now, restarted if asked."""
-    steps = [["enable", unit], ["restart", unit]] if restart else [["enable", "--now", unit]]
-    for step in steps:
-        await _systemctl(step)
+    """The unit enabled for the next boots and running now, restarted if asked.
+
+    ``enable`` only where the unit is not: for a unit that also has a SysV script (munge,
+    slurmd) it runs update-rc.d, seconds of a boot that is already enabled from the image.
+    """
+    enabled = await commands.run(
+        ["systemctl", "is-enabled", "--quiet", unit], timeout=_SYSTEMCTL_TIMEOUT_S, check=False
+    )
+    if enabled.returncode != 0:
+        await _systemctl(["enable", unit])
+    await _systemctl(["restart" if restart else "start", unit])
 
 
 async def _systemctl(args: list[str]) -> None:

@@ -1,14 +1,15 @@
 """AWS and EC2 for the VM test, inside the test's own network namespace.
 
 ``python -m tests.vm.cloud serve STATE_DIR ADDRESS`` (run by vmtest.sh in the namespace):
-moto's server on ADDRESS, the launcher creating the cluster's stack (the tests' cluster in
-moto's default VPC), and the head instance's metadata (IMDSv2) on ADDRESS too. It writes
-``STATE_DIR/state.json`` with what the VM needs to be that instance (its user data, its
-address, the endpoints, the shared volume's NVMe serial), serves until SIGTERM, and
-writes ``STATE_DIR/stack.json`` when the stack settles.
+moto's server on ADDRESS, the launcher creating two stacks (the tests' cluster in moto's
+default VPC, and one whose head node's post_install fails), and each instance's metadata
+(IMDSv2) on ADDRESS too: the cluster's head node, the compute node its group launches,
+the other stack's head node. It writes ``STATE_DIR/state.json`` with what each VM needs
+to be its instance (its user data, its address, the endpoints, its shared volume's NVMe
+serial), serves until SIGTERM, and writes ``STATE_DIR/stacks.json`` as the stacks settle.
 
-``python -m tests.vm.cloud check STATE_DIR`` prints the host side's check: did the head
-node's own signal complete the stack.
+``python -m tests.vm.cloud check STATE_DIR`` prints the host side's checks: the head
+node's own signal completed its stack, and the failing hook failed the other.
 
 Only what stands in for AWS and EC2 is here: the VM configures itself from the user data
 and the stack, with the product's own code.
@@ -22,6 +23,7 @@ import contextlib
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,16 @@ from tests.clusters import on_moto
 
 REGION = "us-east-1"
 STACK = "vmtest"
+# A second cluster whose head node's post_install fails: its stack must fail with the
+# hook's name and exit code.
+HOOK_STACK = "vmtest-hook"
+HOOK_BUCKET = "vmtest-hooks"
+FAILING_HOOK = "post-install-fails.sh"
+HOOK_EXIT_CODE = 3
+HOOK_SCRIPT = f"""#!/bin/bash
+echo "post_install of $1 fails on purpose"
+exit {HOOK_EXIT_CODE}
+"""
 
 
 async def serve(state_dir: Path, address: str) -> None:
@@ -44,9 +56,21 @@ async def serve(state_dir: Path, address: str) -> None:
         async with Aws(AwsSettings(max_attempts=3), REGION) as aws:
             log = (state_dir / "launcher.log").open("w")
             stacks = launcher.Launcher(aws, REGION, Console(file=log, width=200), poll_s=1.0)
-            creating = asyncio.create_task(stacks.create(STACK, await on_moto(aws)))
-            head = await _head_node(aws)
-            volume = await _shared_volume(aws)
+            await aws.call("s3", "create_bucket", Bucket=HOOK_BUCKET)
+            await aws.call(
+                "s3", "put_object", Bucket=HOOK_BUCKET, Key=FAILING_HOOK, Body=HOOK_SCRIPT
+            )
+            failing = {
+                "post_install": {"url": f"s3://{HOOK_BUCKET}/{FAILING_HOOK}", "args": [HOOK_STACK]}
+            }
+            creating = {
+                STACK: asyncio.create_task(stacks.create(STACK, await on_moto(aws))),
+                HOOK_STACK: asyncio.create_task(
+                    stacks.create(HOOK_STACK, await on_moto(aws, hooks=failing), rollback=False)
+                ),
+            }
+            heads = {stack: await _head_node(aws, stack) for stack in creating}
+            volumes = {stack: await _shared_volume(aws, stack) for stack in creating}
             # A message no retry can make valid: the watcher's dead-letter log line.
             queue = await aws.call("sqs", "get_queue_url", QueueName=f"{STACK}-queue")
             await send_messages(aws, queue["QueueUrl"], ["{not json"])
@@ -55,9 +79,15 @@ async def serve(state_dir: Path, address: str) -> None:
             compute = await _compute_node(aws)
             async with contextlib.AsyncExitStack() as servers:
                 instances = {}
-                for role, instance_id, user_data in (
-                    ("head", head, await _user_data(aws, head)),
-                    ("compute", compute, await _launch_template_user_data(aws)),
+                for role, instance_id, user_data, volume in (
+                    ("head", heads[STACK], await _user_data(aws, heads[STACK]), volumes[STACK]),
+                    ("compute", compute, await _launch_template_user_data(aws), None),
+                    (
+                        "hook",
+                        heads[HOOK_STACK],
+                        await _user_data(aws, heads[HOOK_STACK]),
+                        volumes[HOOK_STACK],
+                    ),
                 ):
                     instance = await _describe(aws, instance_id)
                     imds = await servers.enter_async_context(
@@ -72,29 +102,31 @@ async def serve(state_dir: Path, address: str) -> None:
                             "AWS_ENDPOINT_URL": moto.url,
                             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds,
                         },
+                        # On Nitro, an EBS volume is the NVMe device whose serial is its id.
+                        "volume_serial": volume.replace("-", "") if volume else "",
                     }
-                secret = await aws.call(
-                    "secretsmanager", "get_secret_value", SecretId=f"{STACK}-munge-key"
-                )
+                secrets = [
+                    await aws.call(
+                        "secretsmanager", "get_secret_value", SecretId=f"{stack}-munge-key"
+                    )
+                    for stack in creating
+                ]
                 state = {
                     "instances": instances,
-                    # For the host's check that no image holds it.
-                    "munge_key": secret["SecretString"],
-                    # On Nitro, an EBS volume is the NVMe device whose serial is its id.
-                    "volume_serial": volume.replace("-", ""),
+                    # For the host's check that no image holds them.
+                    "munge_keys": [secret["SecretString"] for secret in secrets],
                 }
                 (state_dir / "state.json").write_text(json.dumps(state, indent=2))
                 stopped = asyncio.Event()
                 asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
-                created = await creating
-                (state_dir / "stack.json").write_text(
-                    json.dumps(
-                        {
-                            "status": created.status,
-                            "failures": [f.reason for f in created.failures],
-                        }
-                    )
-                )
+                settled = {}
+                for stack, task in creating.items():
+                    created = await task
+                    settled[stack] = {
+                        "status": created.status,
+                        "failures": [f.reason for f in created.failures],
+                    }
+                    (state_dir / "stacks.json").write_text(json.dumps(settled))
                 await stopped.wait()
 
 
@@ -147,14 +179,14 @@ async def _compute_node(aws: Aws) -> str:
     return sorted(members)[0]
 
 
-async def _head_node(aws: Aws) -> str:
+async def _head_node(aws: Aws, stack: str) -> str:
     """The head node's instance id, once moto has created it."""
     while True:
         try:
             found = await aws.call(
                 "cloudformation",
                 "describe_stack_resource",
-                StackName=STACK,
+                StackName=stack,
                 LogicalResourceId=template.HEAD_NODE,
             )
             return str(found["StackResourceDetail"]["PhysicalResourceId"])
@@ -162,10 +194,10 @@ async def _head_node(aws: Aws) -> str:
             await asyncio.sleep(0.5)
 
 
-async def _shared_volume(aws: Aws) -> str:
+async def _shared_volume(aws: Aws, stack: str) -> str:
     """The stack's volume, by the tags CloudFormation gives it (moto cannot describe the
     resources of a stack that has alarms, which it does not model)."""
-    tags = {"aws:cloudformation:stack-name": STACK, "aws:cloudformation:logical-id": "SharedVolume"}
+    tags = {"aws:cloudformation:stack-name": stack, "aws:cloudformation:logical-id": "SharedVolume"}
     filters = [{"Name": f"tag:{key}", "Values": [value]} for key, value in tags.items()]
     while True:
         volumes = await aws.call("ec2", "describe_volumes", Filters=filters)
@@ -175,16 +207,39 @@ async def _shared_volume(aws: Aws) -> str:
 
 
 def check(state_dir: Path) -> int:
-    """The check only the host can make: the stack completed on the head node's signal."""
-    name = "the head node signals SUCCESS to its stack"
-    result = state_dir / "stack.json"
-    if not result.exists():
-        print(f"FAIL {name}: the stack never settled")
-        return 1
-    stack = json.loads(result.read_text())
-    ok = stack["status"] == "CREATE_COMPLETE"
-    print(f"{'PASS' if ok else 'FAIL'} {name}: {stack['status']} {stack['failures'] or ''}")
-    return 0 if ok else 1
+    """The checks only the host can make: the head node's own signal completed its stack,
+    and the other head node's failing post_install failed its stack, with the hook's name
+    and exit code in the reason CloudFormation shows."""
+    result = state_dir / "stacks.json"
+    stacks = json.loads(result.read_text()) if result.exists() else {}
+    expected_failure = f"post_install: exited with {HOOK_EXIT_CODE}"
+    checks: list[tuple[str, str, Callable[[dict[str, Any]], bool]]] = [
+        (
+            "the head node signals SUCCESS to its stack",
+            STACK,
+            lambda stack: stack["status"] == "CREATE_COMPLETE",
+        ),
+        (
+            "a failing post_install on the head node fails the stack with the hook's name",
+            HOOK_STACK,
+            lambda stack: (
+                stack["status"] == "CREATE_FAILED"
+                and any(expected_failure in reason for reason in stack["failures"])
+            ),
+        ),
+    ]
+    failed = 0
+    for name, stack_name, passes in checks:
+        stack = stacks.get(stack_name)
+        if stack is None:
+            print(f"FAIL {name}: {stack_name} never settled")
+            failed += 1
+            continue
+        ok = passes(stack)
+        failed += not ok
+        reasons = " ".join(stack["failures"])
+        print(f"{'PASS' if ok else 'FAIL'} {name}: {stack_name} {stack['status']} {reasons}")
+    return 1 if failed else 0
 
 
 def main(argv: list[str]) -> int:

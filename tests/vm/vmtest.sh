@@ -1,16 +1,18 @@
 #!/bin/bash
-# make vmtest: a cluster of two VMs, Debian with systemd as PID 1 under QEMU, each
-# installed by packer/install.sh for its role (as the AMIs are) and each an instance of a
-# real stack: moto plays AWS and the instance metadata (tests/vm/cloud.py) in a network
-# namespace this script makes, the launcher creates the stack, and each VM runs the user
-# data the stack gave its instance, as cloud-init would. From there the product alone
-# configures the nodes: node.toml and compute.toml from the stack, storage, the munge key,
-# slurm.conf, NFS, slurmd, the join. Checked inside what only real systems show
+# make vmtest: three VMs, Debian with systemd as PID 1 under QEMU, each installed by
+# packer/install.sh for its role (as the AMIs are) and each an instance of a real stack:
+# moto plays AWS and the instance metadata (tests/vm/cloud.py) in a network namespace this
+# script makes, the launcher creates the stacks, and each VM runs the user data the stack
+# gave its instance, as cloud-init would. From there the product alone configures the
+# nodes: node.toml and compute.toml from the stack, storage, the munge key, slurm.conf,
+# NFS, slurmd, the join. The VMs: a cluster's head node ("head") and the compute node its
+# group launched ("compute"), and the head node of a second stack whose post_install
+# fails ("hook"). Checked inside what only real systems show
 # (guest/usr/local/sbin/vmtest-checks: a job from the head node runs on the compute VM)
-# and, on the host, the stack's SUCCESS signal. The head node's disks: two instance-store
-# stand-ins, the EBS volume as the NVMe device whose serial is its id (as on Nitro), and
-# one that carries the results out; the compute node's: two instance-store stand-ins and
-# its results. Needs root (chroot, mounts, a network namespace).
+# and, on the host, the stacks' outcomes. A head node's disks: two instance-store
+# stand-ins, its stack's EBS volume as the NVMe device whose serial is its id (as on
+# Nitro), and one that carries the results out; the compute node's: two instance-store
+# stand-ins and its results. Needs root (chroot, mounts, a network namespace).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -19,11 +21,14 @@ work="$(mktemp -d /var/tmp/cfncluster-vmtest.XXXXXX)"
 python="$repo/.venv/bin/python"
 # The VPC: a bridge in a namespace of our own, moto and the metadata on its address.
 netns="cfnvm$$" aws_address=172.31.255.254
-declare -A mac=([head]=52:54:00:00:01:01 [compute]=52:54:00:00:01:02)
-declare -A tap=([head]=tap0 [compute]=tap1)
+roles=(head compute hook)
+declare -A mac=([head]=52:54:00:00:01:01 [compute]=52:54:00:00:01:02 [hook]=52:54:00:00:01:03)
+declare -A tap=([head]=tap0 [compute]=tap1 [hook]=tap2)
+# What packer/install.sh installs for each VM.
+declare -A install_role=([head]=head [compute]=compute [hook]=head)
 cloud_pid=""
 cleanup() {
-    for role in head compute; do
+    for role in "${roles[@]}"; do
         umount -q "$work/$role/root/proc" "$work/$role/root/dev" 2>/dev/null || true
     done
     [ -n "$cloud_pid" ] && kill "$cloud_pid" 2>/dev/null
@@ -56,7 +61,7 @@ ip -n "$netns" link set lo up
 ip -n "$netns" link add br0 type bridge
 ip -n "$netns" addr add "$aws_address/16" dev br0
 ip -n "$netns" link set br0 up
-for role in head compute; do
+for role in "${roles[@]}"; do
     ip -n "$netns" tuntap add "${tap[$role]}" mode tap
     ip -n "$netns" link set "${tap[$role]}" master br0
     ip -n "$netns" link set "${tap[$role]}" up
@@ -71,24 +76,24 @@ for _ in $(seq 240); do
     sleep 0.5
 done
 [ -f "$work/state/state.json" ] || { cat "$work/state/cloud.log"; say "no stack"; exit 1; }
-# state KEY [ROLE]: a value of state.json, the instance ROLE's if given.
+# state KEY ROLE: a value of the instance ROLE's in state.json.
 state() {
     "$python" -c 'import json, sys
-state = json.load(open(sys.argv[1]))
-print((state["instances"][sys.argv[3]] if len(sys.argv) > 3 else state)[sys.argv[2]])' \
+print(json.load(open(sys.argv[1]))["instances"][sys.argv[3]][sys.argv[2]])' \
         "$work/state/state.json" "$@"
 }
-say "stack created in moto: head node $(state address head), compute node $(state address compute)"
+say "stacks created in moto: head node $(state address head), compute node" \
+    "$(state address compute), failing head node $(state address hook)"
 # moto gives instances addresses of its own choosing: the VMs and the bridge reach each
 # other on the link, whatever the subnets.
-for role in head compute; do ip -n "$netns" route add "$(state address "$role")/32" dev br0; done
+for role in "${roles[@]}"; do ip -n "$netns" route add "$(state address "$role")/32" dev br0; done
 
 # 3. Each image: this tree, installed by the script Packer runs for the role, then the
 #    test's own files, then what EC2 gives an instance: its address on the VPC, its
 #    endpoints (moto's and the metadata's in the namespace), its hostname, and its user
 #    data for cloud-init (a unit stands in for it).
 image() {
-    local role="$1" root="$work/$1/root" other
+    local role="$1" root="$work/$1/root" other routes=""
     mkdir -p "$root"
     zstd -q -dc "$base/rootfs.tar.zst" | tar -x -C "$root"
     cp -r "$repo/dist" "$root/tmp/dist"
@@ -96,11 +101,14 @@ image() {
     mount --bind /dev "$root/dev"
     # A clean environment, as on a fresh instance: none of this machine's pip settings.
     chroot "$root" env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-        bash /tmp/dist/install.sh --role "$role" --from /tmp/dist --no-packages
+        bash /tmp/dist/install.sh --role "${install_role[$role]}" --from /tmp/dist --no-packages
     umount "$root/proc" "$root/dev"
     rm -rf "$root/tmp/dist"
     cp -r "$here/guest/." "$root/"
-    other=$([ "$role" = head ] && echo compute || echo head)
+    for other in "${roles[@]}"; do
+        [ "$other" = "$role" ] && continue
+        routes+=$'\n'"[Route]"$'\n'"Destination=$(state address "$other")/32"$'\n'"Scope=link"$'\n'
+    done
     cat > "$root/etc/systemd/network/10-vpc.network" <<NETWORK
 [Match]
 MACAddress=${mac[$role]}
@@ -112,10 +120,7 @@ LinkLocalAddressing=no
 [Route]
 Destination=$aws_address/32
 Scope=link
-
-[Route]
-Destination=$(state address "$other")/32
-Scope=link
+$routes
 NETWORK
     mkdir -p "$root/etc/systemd/system.conf.d" "$root/var/lib/cloud/instance"
     "$python" - "$work/state/state.json" "$role" > "$root/etc/systemd/system.conf.d/aws.conf" <<'PY'
@@ -138,16 +143,16 @@ PY
     mkfs.ext4 -q -F -L root -d "$root" "$work/$role/root.img" 3G
     rm -rf "$root"
 }
-image head
-image compute
+for role in "${roles[@]}"; do image "$role"; done
 say "images ready after $((SECONDS - started)) s"
-# The cluster's munge key exists only in its secret, and on the nodes once they boot.
-munge_check="the munge key is in no image"
-if grep -qaF "$(state munge_key)" "$work/head/root.img" "$work/compute/root.img" "$base/rootfs.tar.zst"; then
-    munge_check="FAIL $munge_check: found in an image"
-else
-    munge_check="PASS $munge_check: in neither the head's nor the compute node's image"
-fi
+# A cluster's munge key exists only in its secret, and on the nodes once they boot.
+munge_check="PASS the munge key is in no image: in none of the head, compute and base images"
+while read -r munge_key; do
+    if grep -qaF "$munge_key" "$base/rootfs.tar.zst" "$work"/*/root.img; then
+        munge_check="FAIL the munge key is in no image: found in an image"
+    fi
+done < <("$python" -c 'import json, sys
+print("\n".join(json.load(open(sys.argv[1]))["munge_keys"]))' "$work/state/state.json")
 
 # 4. Boot both. Fresh sparse disks each run: old RAID superblocks would be assembled.
 boot() {
@@ -155,10 +160,10 @@ boot() {
     for disk in scratch1 scratch2 shared; do truncate -s 1G "$dir/$disk.img"; done
     truncate -s 64M "$dir/results.img"
     for disk in root scratch1 scratch2 shared results; do
-        [ "$disk" = shared ] && [ "$role" = compute ] && continue
+        [ "$disk" = shared ] && [ -z "$(state volume_serial "$role")" ] && continue
         drives+=(-drive "file=$dir/$disk.img,format=raw,if=none,id=$disk")
         if [ "$disk" = shared ]; then
-            drives+=(-device "nvme,drive=$disk,serial=$(state volume_serial)")
+            drives+=(-device "nvme,drive=$disk,serial=$(state volume_serial "$role")")
         else
             drives+=(-device "virtio-blk-pci,drive=$disk,serial=$disk")
         fi
@@ -174,16 +179,15 @@ boot() {
         "${drives[@]}" || { tail -50 "$dir/serial.log"; say "$role: QEMU failed"; return 1; }
 }
 booted=$SECONDS
-boot head & head_vm=$!
-boot compute & compute_vm=$!
+declare -A vm
+for role in "${roles[@]}"; do boot "$role" & vm[$role]=$!; done
 failed=0
-wait "$head_vm" || failed=1
-wait "$compute_vm" || failed=1
+for role in "${roles[@]}"; do wait "${vm[$role]}" || failed=1; done
 say "the VMs ran for $((SECONDS - booted)) s"
 
 # 5. The results, the VMs' and the stack's.
 mkdir -p "$repo/.vmtest"
-for role in head compute; do
+for role in "${roles[@]}"; do
     mkdir -p "$work/results/$role"
     if ! tar -xf "$work/$role/results.img" -C "$work/results/$role" 2>/dev/null; then
         tail -80 "$work/$role/serial.log"
@@ -199,12 +203,13 @@ kill "$cloud_pid" 2>/dev/null; wait "$cloud_pid" 2>/dev/null || true
 cloud_pid=""
 cp "$work/state/"*.log "$repo/.vmtest/"
 checks="$repo/.vmtest/checks.txt"
-cat "$work/results/head/checks.txt" > "$checks" 2>/dev/null || true
+cat "$work/results/head/checks.txt" "$work/results/hook/checks.txt" > "$checks" 2>/dev/null || true
 echo "$munge_check" >> "$checks"
 PYTHONPATH="$repo" "$python" -m tests.vm.cloud check "$work/state" >> "$checks" || true
 cat "$checks"
 [ -f "$work/results/compute/bootstrap.txt" ] && cat "$work/results/compute/bootstrap.txt"
-expected=$(( $(grep -c '^check ' "$here/guest/usr/local/sbin/vmtest-checks") + 2 ))
+# The guests' checks, the munge key's and the host's two.
+expected=$(( $(grep -cE '^\s*check "' "$here/guest/usr/local/sbin/vmtest-checks") + 3 ))
 passed="$(grep -c '^PASS ' "$checks" || true)"
 say "$passed of $expected checks passed in $((SECONDS - started)) s (logs in .vmtest/)"
 [ "$failed" -eq 0 ] && [ "$passed" -eq "$expected" ]
