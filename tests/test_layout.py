@@ -33,6 +33,7 @@ PURE = {
     "schedulers",
     "schedulers.hostlist",
     "schedulers.slurmconf",
+    "schedulers.sgeconf",
     "storage",
     "storage.devices",
     "storage.plan",

@@ -23,6 +23,7 @@ from cfncluster_node.schedulers import (
     PendingJob,
     SchedulerError,
     checked_hostnames,
+    sgeconf,
 )
 from cfncluster_node.schedulers.sge import (
     Expect,
@@ -582,3 +583,46 @@ async def test_a_cell_that_is_not_there_is_a_scheduler_error(sge: LocalSge, tmp_
     # Both queries run at once: whichever fails first is the one named.
     with pytest.raises(SchedulerError, match=r"qstat|qconf"):
         await backend.list_hosts()
+
+
+async def test_the_head_nodes_cell_configuration_finds_all_in_place_at_the_next_boot(
+    sge: LocalSge,
+) -> None:
+    """LocalSge's qmaster was configured by configure_cell: a second run, as the head
+    node's next boot, changes nothing, and the queue is what the backend relies on."""
+    backend = Sge(sge.settings)
+
+    changed = await backend.configure_cell(sge.MASTER, schedule_interval="0:0:1")
+
+    assert changed == []
+    queue = sgeconf.values(sge.qconf("-sq", sge.QUEUE))
+    assert queue["hostlist"] == sge.HOST_GROUP
+    assert queue["slots"] == "99999"
+    assert "smp" in queue["pe_list"].split()
+    assert sgeconf.values(sge.qconf("-ssconf"))["flush_submit_sec"] == "1"
+    assert sge.MASTER in sge.qconf("-ss").split()
+
+
+def test_the_scheduler_is_edited_only_where_its_timing_differs() -> None:
+    current = (
+        "algorithm default\nschedule_interval 0:0:15\nflush_submit_sec 0\nflush_finish_sec 0\n"
+    )
+
+    edited = sgeconf.scheduler(current, interval="0:0:15")
+
+    assert edited is not None
+    assert sgeconf.values(edited) == {
+        "algorithm": "default",
+        "schedule_interval": "0:0:15",
+        "flush_submit_sec": "1",
+        "flush_finish_sec": "1",
+    }
+    assert sgeconf.scheduler(edited, interval="0:0:15") is None
+
+
+def test_the_cells_bootstrap_knows_hosts_by_short_names_and_spools_where_asked() -> None:
+    text = sgeconf.bootstrap(Path("/var/spool/gridengine"))
+
+    assert sgeconf.values(text)["ignore_fqdn"] == "true"
+    assert sgeconf.values(text)["spooling_params"] == "/var/spool/gridengine/spooldb"
+    assert sgeconf.values(text)["qmaster_spool_dir"] == "/var/spool/gridengine/qmaster"

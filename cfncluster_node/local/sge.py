@@ -23,6 +23,7 @@ Debian's gridengine-master, gridengine-client and gridengine-exec must be instal
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pwd
@@ -37,13 +38,14 @@ from pathlib import Path
 from typing import Self
 
 from cfncluster_node.config import SgeSettings
-from cfncluster_node.schedulers.sge import parse_queue_xml
+from cfncluster_node.schedulers import sgeconf
+from cfncluster_node.schedulers.sge import Sge, parse_queue_xml
 
 SGE_LIB = Path("/usr/lib/gridengine")
 SGE_SHARE = Path("/usr/share/gridengine")
 # Debian's SGE_ROOT: the architecture directories every SGE_ROOT must hold.
 DEBIAN_ROOT = Path("/var/lib/gridengine")
-ADMIN_USER = "sgeadmin"
+ADMIN_USER = sgeconf.ADMIN_USER
 CELL = "default"
 INSTALL_HINT = (
     "apt-get install gridengine-master gridengine-client gridengine-exec "
@@ -51,36 +53,6 @@ INSTALL_HINT = (
     "with debconf-set-selections first)"
 )
 
-BOOTSTRAP = """\
-admin_user              {admin}
-default_domain          none
-ignore_fqdn             true
-spooling_method         berkeleydb
-spooling_lib            libspoolb
-spooling_params         {root}/spool/spooldb
-binary_path             /usr/sbin
-qmaster_spool_dir       {root}/spool/qmaster
-security_mode           none
-listener_threads        2
-worker_threads          2
-scheduler_threads       1
-"""
-HOST_GROUP = "group_name {name}\nhostlist NONE\n"
-# With allocation_rule $pe_slots (what sites call smp), all of a job's slots on one host.
-PARALLEL_ENVIRONMENT = """\
-pe_name            {name}
-slots              99999
-user_lists         NONE
-xuser_lists        NONE
-start_proc_args    NONE
-stop_proc_args     NONE
-allocation_rule    {rule}
-control_slaves     FALSE
-job_is_first_task  TRUE
-urgency_slots      min
-accounting_summary FALSE
-qsort_args         NONE
-"""
 # Debian's global configuration (spooldefaults), changed where the tests need it.
 GLOBAL_CONFIG = {
     # Jobs are submitted by root.
@@ -88,20 +60,8 @@ GLOBAL_CONFIG = {
     "min_gid": "0",
     "execd_spool_dir": "{root}/spool/execd",
 }
-# Jobs start a second after submission, not at the next 15 s scheduling run.
-SCHEDULER_CONFIG = {
-    "schedule_interval": "0:0:1",
-    "flush_submit_sec": "1",
-    "flush_finish_sec": "1",
-}
-QUEUE_CONFIG = {
-    "hostlist": "{host_group}",
-    # Hosts' slots are their execution hosts' complex values (schedulers/sge.py).
-    "slots": "99999",
-    # This machine's load must never put a host in alarm.
-    "load_thresholds": "NONE",
-    "pe_list": "smp",
-}
+# A scheduling run every second: a job starts a second after its host comes.
+SCHEDULE_INTERVAL = "0:0:1"
 
 _SUBMITTED = re.compile(r"Your job(?:-array)? (\d+)")
 _COMPUTE = re.compile(r"ip-10-([0-3])-([0-3])-(\d{1,3})")
@@ -191,7 +151,7 @@ class LocalSge:
             link = self.root / name
             if not link.is_symlink():
                 link.symlink_to(DEBIAN_ROOT / name)
-        (common / "bootstrap").write_text(BOOTSTRAP.format(admin=ADMIN_USER, root=self.root))
+        (common / "bootstrap").write_text(sgeconf.bootstrap(self.root / "spool", ADMIN_USER))
         (common / "act_qmaster").write_text(f"{self.MASTER}\n")
         computes = [
             f"10.{a}.{b}.{c} ip-10-{a}-{b}-{c}"
@@ -213,7 +173,7 @@ class LocalSge:
         """What Debian's init_cluster does for its cell, for this one."""
         conf = self.root / "conf" / "global"
         conf.write_text(
-            _edit(
+            sgeconf.edit(
                 (SGE_SHARE / "default-configuration").read_text(),
                 {key: value.format(root=self.root) for key, value in GLOBAL_CONFIG.items()},
             )
@@ -264,29 +224,18 @@ class LocalSge:
         self._run("ip", "address", "add", f"{self.MASTER_ADDRESS}/32", "dev", "lo")
 
     def _configure(self) -> None:
-        conf = self.root / "conf"
-        self.qconf("-as", self.MASTER)  # qsub runs on the qmaster's host
-        (conf / "scheduler").write_text(_edit(self.qconf("-ssconf"), SCHEDULER_CONFIG))
-        (conf / "hostgroup").write_text(HOST_GROUP.format(name=self.HOST_GROUP))
-        queue = {
-            key: value.format(host_group=self.HOST_GROUP) for key, value in QUEUE_CONFIG.items()
-        }
-        (conf / "queue").write_text(_edit(self.qconf("-sq"), {"qname": self.QUEUE, **queue}))
-        self.qconf("-Msconf", str(conf / "scheduler"))
-        self.qconf("-Ahgrp", str(conf / "hostgroup"))
-        self._add_parallel_environment("smp", "$pe_slots")
-        self.qconf("-Aq", str(conf / "queue"))
+        """The cell's objects, by the product's own code (the head node's bootstrap)."""
+        (self.root / "conf" / "hostgroup").write_text(sgeconf.host_group(self.HOST_GROUP))
+        sge = Sge(self.settings)
+        asyncio.run(sge.configure_cell(self.MASTER, schedule_interval=SCHEDULE_INTERVAL))
 
     def add_parallel_environment(self, name: str, rule: str) -> None:
         """A parallel environment the queue offers, with its allocation rule
         ($pe_slots, $fill_up, $round_robin or a number of slots per host)."""
-        self._add_parallel_environment(name, rule)
-        self.qconf("-aattr", "queue", "pe_list", name, self.QUEUE)
-
-    def _add_parallel_environment(self, name: str, rule: str) -> None:
         path = self.root / "conf" / f"pe-{name}"
-        path.write_text(PARALLEL_ENVIRONMENT.format(name=name, rule=rule))
+        path.write_text(sgeconf.parallel_environment(name, rule))
         self.qconf("-Ap", str(path))
+        self.qconf("-aattr", "queue", "pe_list", name, self.QUEUE)
 
     def _run(self, *argv: str, pid: bool = False, into: int = 0, check: bool = True) -> str:
         """``argv`` in the qmaster's namespaces (or node ``into``'s); its output.
@@ -475,12 +424,3 @@ def _child(pid: int, timeout: float = 10) -> int:
                 return int(found[0])
         time.sleep(0.01)
     raise SgeUnavailable(f"process {pid} started nothing within {timeout:g} s")
-
-
-def _edit(text: str, values: dict[str, str]) -> str:
-    """An SGE configuration (``key value`` lines) with ``values`` set."""
-    lines = []
-    for line in text.splitlines():
-        key = line.split(maxsplit=1)[0] if line.strip() else ""
-        lines.append(f"{key} {values[key]}" if key in values else line)
-    return "\n".join(lines) + "\n"

@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import tempfile
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 
 from cfncluster_node import commands, logs
 from cfncluster_node.config import SgeSettings
@@ -46,6 +48,7 @@ from cfncluster_node.schedulers import (
     PendingJob,
     SchedulerError,
     checked_hostnames,
+    sgeconf,
 )
 
 # Names SGE reads as something else than a host: "global" is the execution host whose
@@ -460,3 +463,58 @@ class Sge:
             pending_jobs(pending, start_later=start_later, slots_per_host=slots_per_host),
             running=len(running),
         )
+
+    async def configure_cell(self, submit_host: str, *, schedule_interval: str) -> list[str]:
+        """What this backend needs of the qmaster, made so where it is not: the submit
+        host, the scheduler's timing, the host group, ``smp``, and the queue over the
+        host group. The objects changed; none on a boot that finds all in place."""
+        changed = []
+        names = self._hostnames([submit_host])
+        if submit_host not in await self._list("-ss"):
+            await self._change("qconf", "-as", names[0], subjects=names, expect=Expect.PRESENT)
+            changed.append(f"submit host {submit_host}")
+        settings = self._settings
+        with tempfile.TemporaryDirectory(prefix="cfncluster-sge-") as directory:
+
+            async def load(flag: str, name: str, text: str) -> None:
+                path = Path(directory, name)
+                await asyncio.to_thread(path.write_text, text)
+                await self._query("qconf", flag, str(path))
+                changed.append(name)
+
+            timing = sgeconf.scheduler(
+                await self._query("qconf", "-ssconf"), interval=schedule_interval
+            )
+            if timing is not None:
+                await load("-Msconf", "scheduler", timing)
+            if settings.host_group not in await self._list("-shgrpl"):
+                await load("-Ahgrp", settings.host_group, sgeconf.host_group(settings.host_group))
+            if sgeconf.SMP not in await self._list("-spl"):
+                await load(
+                    "-Ap", sgeconf.SMP, sgeconf.parallel_environment(sgeconf.SMP, "$pe_slots")
+                )
+            if settings.queue not in await self._list("-sql"):
+                queue = sgeconf.queue(
+                    await self._query("qconf", "-sq"),
+                    name=settings.queue,
+                    hosts=settings.host_group,
+                    parallel_environments=sgeconf.SMP,
+                )
+                await load("-Aq", settings.queue, queue)
+        if changed:
+            self._log.info("sge_cell_configured", changed=", ".join(changed))
+        return changed
+
+    async def _list(self, flag: str) -> list[str]:
+        """A qconf list (``-ss``, ``-sql``...): empty where qconf says none is defined,
+        which it does with exit 1."""
+        try:
+            result = await commands.run(
+                self._argv("qconf", [flag]),
+                timeout=self._settings.command_timeout,
+                env=self._env,
+                check=False,
+            )
+        except commands.CommandError as exc:
+            raise SchedulerError(str(exc)) from exc
+        return result.stdout.split() if result.returncode == 0 else []
