@@ -183,6 +183,9 @@ class BootstrapSettings(Section):
     munge_key_secret: str = Field(pattern=_SECRET_ARN)
     munge_key: Path = Path("/etc/munge/munge.key")
     slurm_dir: Path = Path("/etc/slurm")
+    # Debian's SGE_ROOT (when [sge] root is not set) and the qmaster's spool.
+    sge_root: Path = Path("/var/lib/gridengine")
+    sge_spool: Path = Path("/var/spool/gridengine")
 
 
 class ComputeNodeSettings(Section):

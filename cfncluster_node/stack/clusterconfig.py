@@ -21,9 +21,9 @@ _AMI = r"^ami-[0-9a-f]{8,17}$"
 
 class ClusterSection(Section):
     region: str = Field(pattern=names.REGION)
-    # The AMIs (packer/) bake Slurm; an SGE head node runs the same daemons
-    # (``[cluster] scheduler = "sge"`` in node.toml) on an image of its own.
-    scheduler: Literal["slurm"] = "slurm"
+    # The head node's image (packer/) has both; its bootstrap configures and starts the
+    # one named here.
+    scheduler: Literal["slurm", "sge"] = "slurm"
     # An EC2 key pair for SSH to the nodes; none: reach them through SSM or not at all.
     key_name: str | None = Field(default=None, min_length=1, max_length=255)
     # Where the launcher uploads templates; default: cfncluster-node-ACCOUNT-REGION.

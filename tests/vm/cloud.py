@@ -2,7 +2,7 @@
 
 ``python -m tests.vm.cloud serve STATE_DIR ADDRESS`` (run by vmtest.sh in the namespace):
 moto's server on ADDRESS, the launcher creating two stacks (the tests' cluster in moto's
-default VPC, and one whose head node's post_install fails), and each instance's metadata
+default VPC, and an SGE one whose head node's post_install fails), and each instance's metadata
 (IMDSv2) on ADDRESS too: the cluster's head node, the compute node its group launches,
 the other stack's head node. It writes ``STATE_DIR/state.json`` with what each VM needs
 to be its instance (its user data, its address, the endpoints, its shared volume's NVMe
@@ -38,8 +38,8 @@ from tests.clusters import on_moto
 
 REGION = "us-east-1"
 STACK = "vmtest"
-# A second cluster whose head node's post_install fails: its stack must fail with the
-# hook's name and exit code.
+# A second cluster, of SGE, whose head node's post_install fails: its qmaster is
+# configured first, then its stack must fail with the hook's name and exit code.
 HOOK_STACK = "vmtest-hook"
 HOOK_BUCKET = "vmtest-hooks"
 FAILING_HOOK = "post-install-fails.sh"
@@ -66,7 +66,11 @@ async def serve(state_dir: Path, address: str) -> None:
             creating = {
                 STACK: asyncio.create_task(stacks.create(STACK, await on_moto(aws))),
                 HOOK_STACK: asyncio.create_task(
-                    stacks.create(HOOK_STACK, await on_moto(aws, hooks=failing), rollback=False)
+                    stacks.create(
+                        HOOK_STACK,
+                        await on_moto(aws, cluster={"scheduler": "sge"}, hooks=failing),
+                        rollback=False,
+                    )
                 ),
             }
             heads = {stack: await _head_node(aws, stack) for stack in creating}

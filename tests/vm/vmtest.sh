@@ -45,14 +45,17 @@ started=$SECONDS
 role_packages() { bash "$repo/packer/install.sh" --role "$1" --list-packages; }
 packages="$(echo systemd-sysv udev kmod linux-image-amd64 $(role_packages head) \
     $(role_packages compute) | tr ' ' '\n' | sort -u | tr '\n' ' ')"
-key="$( (echo "$packages"; cat "$here/build-base.sh") | sha256sum | cut -c1-16)"
+debconf="$work/debconf"
+for role in head compute; do bash "$repo/packer/install.sh" --role "$role" --list-debconf; done \
+    | sort -u > "$debconf"
+key="$( (echo "$packages"; cat "$debconf" "$here/build-base.sh") | sha256sum | cut -c1-16)"
 base="$cache/base-$key"
 if [ -f "$base/rootfs.tar.zst" ]; then
     say "base image $key from the cache"
 else
     say "building base image $key (mmdebstrap, a few minutes)"
     # shellcheck disable=SC2086
-    "$here/build-base.sh" "$base" $packages
+    "$here/build-base.sh" "$base" "$debconf" $packages
 fi
 
 # 2. The cloud: the namespace, its bridge and taps, moto and the stack, the metadata.
@@ -137,6 +140,12 @@ PY
         # It shuts down as an instance does, not by force: its unit must say it leaves.
         mkdir -p "$root/etc/systemd/system/vmtest.service.d"
         printf '[Unit]\nSuccessAction=none\n' > "$root/etc/systemd/system/vmtest.service.d/compute.conf"
+    fi
+    if [ "$role" = hook ]; then
+        # Its head node's unit fails and restarts, and the boot waits on it: the checks
+        # start without waiting for the boot, and wait for the failure themselves.
+        mkdir -p "$root/etc/systemd/system/vmtest.service.d"
+        printf '[Unit]\nAfter=\nAfter=basic.target\n' > "$root/etc/systemd/system/vmtest.service.d/hook.conf"
     fi
     chroot "$root" systemctl enable --quiet systemd-networkd.service vmtest-user-data.service \
         vmtest.service
