@@ -155,13 +155,10 @@ async def test_a_compute_node_is_ready_once_slurmctld_hears_from_its_slurmd(
 ) -> None:
     conf = slurm.conf
     slurm.start_slurmd("ip-10-0-1-7", cpus=2)
-    try:
-        await compute.wait_until_registered(
-            compute_node(), "ip-10-0-1-7.ec2.internal", conf_caches=(conf,), poll=0.1
-        )
-    finally:
-        # A dynamic slurmd left running registers itself again in the next test.
-        slurm.stop_slurmds()
+
+    await compute.wait_until_registered(
+        compute_node(), "ip-10-0-1-7.ec2.internal", conf_caches=(conf,), poll=0.1
+    )
 
 
 async def test_a_compute_node_whose_slurmd_never_registers_fails_its_bootstrap(

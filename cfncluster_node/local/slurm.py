@@ -184,6 +184,8 @@ class LocalSlurm:
 
     def reset(self) -> None:
         """Delete every dynamic node and job, so each test starts from an empty cluster."""
+        # A dynamic slurmd left running would register its node again.
+        self.stop_slurmds()
         # A node still finishing a cancelled job cannot be deleted yet.
         self._cancel_jobs()
         text = self.scontrol("-o", "-F", "show", "node")

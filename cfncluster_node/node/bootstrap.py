@@ -29,6 +29,7 @@ from cfncluster_node.schedulers.sge import Sge
 
 _SYSTEMCTL_TIMEOUT_S = 120.0
 _SGE_INIT_CLUSTER = "/usr/share/gridengine/scripts/init_cluster"
+_SGE_INIT_CLUSTER_TIMEOUT_S = 120.0
 _QMASTER_TIMEOUT_S = 120.0
 # A scheduling run every 15 s, and one a second after each submission or job end.
 _SGE_SCHEDULE_INTERVAL = "0:0:15"
@@ -148,7 +149,7 @@ async def create_sge_cell(root: Path, cell: str, spool: Path) -> None:
                 *("runuser", "-u", admin.pw_name, "--", _SGE_INIT_CLUSTER),
                 *(str(root), cell, str(spool / "spooldb"), admin.pw_name),
             ],
-            timeout=_SYSTEMCTL_TIMEOUT_S,
+            timeout=_SGE_INIT_CLUSTER_TIMEOUT_S,
         )
     except commands.CommandError as exc:
         raise BootstrapError(f"creating the SGE cell: {exc}") from None

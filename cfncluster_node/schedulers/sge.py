@@ -290,27 +290,24 @@ class Sge:
         binary = str(self._settings.bin_dir / program) if self._settings.bin_dir else program
         return [*self._settings.wrapper, binary, *args]
 
-    async def _query(self, program: str, *args: str) -> str:
-        """A command that prints data: any non-zero exit is a failure."""
+    async def _run(self, argv: Sequence[str], *, check: bool) -> commands.CommandResult:
         try:
-            result = await commands.run(
-                self._argv(program, args), timeout=self._settings.command_timeout, env=self._env
+            return await commands.run(
+                argv, timeout=self._settings.command_timeout, env=self._env, check=check
             )
         except commands.CommandError as exc:
             raise SchedulerError(str(exc)) from exc
-        return result.stdout
+
+    async def _query(self, program: str, *args: str) -> str:
+        """A command that prints data: any non-zero exit is a failure."""
+        return (await self._run(self._argv(program, args), check=True)).stdout
 
     async def _change(
         self, program: str, *args: str, subjects: Collection[str], expect: Expect | None = None
     ) -> str:
         """A command that changes the cluster, judged by what it says (``judge``)."""
         argv = self._argv(program, args)
-        try:
-            result = await commands.run(
-                argv, timeout=self._settings.command_timeout, env=self._env, check=False
-            )
-        except commands.CommandError as exc:
-            raise SchedulerError(str(exc)) from exc
+        result = await self._run(argv, check=False)
         output = f"{result.stdout}\n{result.stderr}".strip()
         failed = judge(output, subjects=subjects, expect=expect)
         if failed or (result.returncode != 0 and not output):
@@ -508,13 +505,5 @@ class Sge:
     async def _list(self, flag: str) -> list[str]:
         """A qconf list (``-ss``, ``-sql``...): empty where qconf says none is defined,
         which it does with exit 1."""
-        try:
-            result = await commands.run(
-                self._argv("qconf", [flag]),
-                timeout=self._settings.command_timeout,
-                env=self._env,
-                check=False,
-            )
-        except commands.CommandError as exc:
-            raise SchedulerError(str(exc)) from exc
+        result = await self._run(self._argv("qconf", [flag]), check=False)
         return result.stdout.split() if result.returncode == 0 else []
