@@ -36,7 +36,12 @@ from cfncluster_node.config import (
     PublisherSettings,
     ReconcilerSettings,
 )
-from cfncluster_node.local.cloud import MotoServer, create_cluster_resources
+from cfncluster_node.local.cloud import (
+    Instances,
+    MotoServer,
+    create_cluster_resources,
+    create_compute_group,
+)
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node.instances import InstanceTable
 from cfncluster_node.node.messages import EventKind, InstanceEvent
@@ -46,6 +51,7 @@ from cfncluster_node.node.registry import Registry
 from cfncluster_node.schedulers.slurm import Slurm
 
 REGION = "us-east-1"
+GROUP = "bench-fleet-compute"
 NODES = 1000
 PENDING = 10_000
 GONE = 100
@@ -106,15 +112,12 @@ async def bench(slurm: LocalSlurm, console: Console) -> list[tuple[str, str, str
     rows = []
     async with Aws(AwsSettings(), REGION) as aws:
         cluster = await create_cluster_resources(aws, "bench-fleet")
-        launched = await aws.call(
-            "ec2",
-            "run_instances",
-            ImageId="ami-12c6146b",
-            MinCount=NODES,
-            MaxCount=NODES,
-            InstanceType="c5.large",
-        )
-        ids = sorted(i["InstanceId"] for i in launched["Instances"])
+        await create_compute_group(aws, GROUP, desired=0, max_size=NODES)
+        async with Instances(
+            aws, group=GROUP, queue_url=cluster.queue_url, role_arn=cluster.compute_role_arn
+        ) as instances:
+            members = await instances.launch(NODES)
+        ids = [member.instance_id for member in members]
         settings = slurm.settings
         registry = Registry(
             InstanceTable(aws, cluster.table),
@@ -127,17 +130,19 @@ async def bench(slurm: LocalSlurm, console: Console) -> list[tuple[str, str, str
         await registry.apply(
             InstanceEvent(
                 EventKind.READY,
-                instance,
+                member.instance_id,
                 now,
-                hostname=f"ip-10-6-{n // 250}-{n % 250}",
-                address=f"127.6.{n // 250}.{n % 250 + 1}",
+                hostname=member.hostname,
+                address=member.address,
                 slots=4,
             )
-            for n, instance in enumerate(ids)
+            for member in members
         )
         console.print(f"submitting {PENDING} pending jobs (one array)")
         slurm.sbatch(f"--array=1-{PENDING}", "-N", "2", "--wrap", "true")
-    cluster_settings = ClusterSettings(stack_name="bench", region=REGION, table=cluster.table)
+    cluster_settings = ClusterSettings(
+        stack_name="bench", region=REGION, table=cluster.table, compute_group=GROUP
+    )
 
     async def publish(aws: Aws) -> None:
         await Publisher(aws, PublisherSettings(), cluster_settings, Slurm(settings)).tick()
@@ -163,7 +168,14 @@ async def bench(slurm: LocalSlurm, console: Console) -> list[tuple[str, str, str
     rows.append(_row(f"reconciler pass: {NODES} instances, no drift", durations, calls, ran))
 
     async with Aws(AwsSettings(), REGION) as aws:
-        await aws.call("ec2", "terminate_instances", InstanceIds=ids[:GONE])
+        # Gone without a notification, and not replaced by the group.
+        for instance_id in ids[:GONE]:
+            await aws.call(
+                "autoscaling",
+                "terminate_instance_in_auto_scaling_group",
+                InstanceId=instance_id,
+                ShouldDecrementDesiredCapacity=True,
+            )
     durations, calls, ran = await timed(reconcile, 1)
     rows.append(
         _row(f"reconciler pass: {GONE} of {NODES} instances gone, healed", durations, calls, ran)

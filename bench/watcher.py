@@ -2,12 +2,13 @@
 
 Run with ``make bench`` (``.venv/bin/python -m bench.watcher``); ``--help`` lists the knobs.
 
-Everything runs on this machine: moto's server (its own process) plays SQS and DynamoDB,
-a private slurmctld (LocalSlurm) is the scheduler, and the watcher runs in this process
-exactly as the daemon runs it. The compute nodes' notices are sent straight to the queue,
-as the nodes send them, ten to a call at a steady rate (100 msg/s by default), while the
-watcher consumes: moto's SQS costs O(queue depth) per call, so a queue filled up front
-would measure moto. For the same reason moto_server runs with the fixes of
+Everything runs on this machine: moto's server (its own process) plays SQS, DynamoDB and
+EC2, a private slurmctld (LocalSlurm) is the scheduler, and the watcher runs in this
+process exactly as the daemon runs it, every message checked (its sender, and for a join
+EC2's word). The compute nodes are instances of a group in moto, and each sends its own
+notice with its own role session, as a node does, at a steady rate (100 msg/s by
+default), while the watcher consumes: moto's SQS costs O(queue depth) per call, so a
+queue filled up front would measure moto. For the same reason moto_server runs with the fixes of
 cfncluster_node/local/motoserver.py (``--stock-moto`` to do without): stock moto charges
 every receive O(messages in flight) per message, and the watcher, which deletes a message
 only once it is applied, always has some in flight.
@@ -19,8 +20,11 @@ Phases, against one moto and one slurmctld:
    (25 per call, 4 calls at a time, as the watcher writes them);
 2. joins: the watcher registers every host; slurmctld is polled until all are there;
 3. single events: one join, then its leave, at a time, the queue otherwise idle;
-4. leaves: the watcher removes every host;
-5. Slurm alone: ``Slurm.add_hosts`` and ``remove_hosts`` of as many hosts, called directly.
+4. flood: a job on one node sends 10,000 garbage and forged messages (as fast as it can,
+   500 at a time while the queue holds fewer than 1,000); every one must end in the
+   dead-letter queue, and nothing else change;
+5. leaves: the watcher removes every host;
+6. Slurm alone: ``Slurm.add_hosts`` and ``remove_hosts`` of as many hosts, called directly.
 
 It prints figures and asserts nothing about them.
 """
@@ -53,19 +57,27 @@ from rich.table import Table
 from cfncluster_node import commands, logs
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import AwsSettings, SlurmSettings, SqsWatcherSettings
-from cfncluster_node.local.cloud import MotoServer, create_cluster_resources
+from cfncluster_node.local.cloud import (
+    ClusterResources,
+    Instances,
+    Member,
+    MotoServer,
+    autoscaling_notification,
+    create_cluster_resources,
+    create_compute_group,
+)
 from cfncluster_node.local.slurm import LocalSlurm, SlurmUnavailable
-from cfncluster_node.node import messages
 from cfncluster_node.node.instances import InstanceTable
 from cfncluster_node.node.records import InstanceRecord, InstanceState
 from cfncluster_node.node.registry import Registry
 from cfncluster_node.node.sqswatcher import SqsWatcher
-from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT, table_definition
+from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT, TERMINATE_EVENT, table_definition
 from cfncluster_node.schedulers import Host
 from cfncluster_node.schedulers.slurm import Slurm
 
 REGION = "us-east-1"
 STACK = "bench"
+GROUP = f"{STACK}-compute"
 SQS_BATCH = 10
 DDB_BATCH = 25
 FLOOR_RECEIVERS = 4
@@ -119,6 +131,21 @@ class Floor:
 
 
 @dataclass
+class Flood:
+    count: int
+    fed_s: float
+    drained_s: float | None  # the queue empty again; None: not within the timeout
+    dead_lettered: int
+    ec2_calls: int
+    dead_letter_calls: int  # SendMessageBatch to the dead-letter queue
+    unchanged: bool  # the hosts in Slurm are those before the flood
+
+    @property
+    def rate(self) -> float | None:
+        return self.count / self.drained_s if self.drained_s else None
+
+
+@dataclass
 class Singles:
     joins: list[float]
     leaves: list[float]
@@ -141,6 +168,7 @@ class Results:
     floor: Floor
     joins: Burst
     singles: Singles
+    flood: Flood
     leaves: Burst
     direct: Direct
     log_problems: Counter[str]
@@ -177,6 +205,18 @@ class ObservedAws(Aws):
             return await super().call(service, operation, **params)
         finally:
             self._probe.aws_calls.append((name, time.monotonic() - started))
+
+    async def pages(
+        self, service: str, operation: str, **params: Any
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Each page is a call of its own, timed from the request to its answer."""
+        name = f"{service} {operation}"
+        started = time.monotonic()
+        async for page in super().pages(service, operation, **params):
+            self._probe.aws_started[name] += 1
+            self._probe.aws_calls.append((name, time.monotonic() - started))
+            yield page
+            started = time.monotonic()
 
 
 class ObservedTable(InstanceTable):
@@ -251,69 +291,38 @@ def registered(state: str | None) -> bool:
 # --------------------------------------------------------------------------- inputs
 
 
-@dataclass(frozen=True)
-class Node:
-    instance_id: str
-    hostname: str
-    address: str
-
-
-def burst_nodes(count: int) -> list[Node]:
-    return [
-        Node(f"i-{i:017x}", f"ip-10-1-{i // 250}-{i % 250}", f"127.1.{i // 250}.{i % 250 + 1}")
-        for i in range(count)
-    ]
-
-
-def single_node(k: int) -> Node:
-    return Node(f"i-a{k:016x}", f"ip-10-2-{k // 250}-{k % 250}", f"127.2.{k // 250}.{k % 250 + 1}")
-
-
-def notice(event: str, node: Node) -> str:
+def notice(event: str, node: Member) -> str:
     """What a compute node sends when it is ready, or when it shuts down."""
-    details: dict[str, Any] = (
-        {"address": node.address, "slots": SLOTS, "instance_type": "c5.xlarge"}
-        if event == READY_EVENT
-        else {}
-    )
-    return messages.compute_notice(
-        event, node.instance_id, datetime.now(UTC), hostname=node.hostname, **details
-    )
+    return node.notice(event, slots=SLOTS if event == READY_EVENT else None)
 
 
 # ---------------------------------------------------------------------------- feeding
 
 
-async def send_batch(aws: Aws, queue_url: str, bodies: Sequence[str]) -> None:
-    entries = [{"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies)]
-    response = await aws.call("sqs", "send_message_batch", QueueUrl=queue_url, Entries=entries)
-    if response.get("Failed"):
-        raise RuntimeError(f"send_message_batch failed: {response['Failed']}")
-
-
 async def feed(
-    aws: Aws,
+    instances: Instances,
     queue_url: str,
-    bodies: Sequence[tuple[str, str]],
+    bodies: Sequence[tuple[str, Member, str]],
     *,
     rate: float,
     started: float,
     sent: dict[str, float],
 ) -> float:
-    """Send (key, body) pairs ten at a time at ``rate`` messages/s from ``started``.
+    """Send (key, sender, body) triples at ``rate`` messages/s from ``started``, each from
+    its own node, ten nodes at each tick.
 
-    Each batch goes at its scheduled time whether or not the previous one has been
+    Each tick goes at its scheduled time whether or not the previous one has been
     answered, so the rate holds however slow moto gets. ``sent`` gets each key's send
-    time. Returns when the last batch is answered.
+    time. Returns when the last message is answered.
     """
     period = SQS_BATCH / rate
     async with asyncio.TaskGroup() as group:
         for n, start in enumerate(range(0, len(bodies), SQS_BATCH)):
             await asyncio.sleep(max(0.0, started + n * period - time.monotonic()))
-            chunk = bodies[start : start + SQS_BATCH]
             now = time.monotonic()
-            sent.update((key, now) for key, _ in chunk)
-            group.create_task(send_batch(aws, queue_url, [body for _, body in chunk]))
+            for key, sender, body in bodies[start : start + SQS_BATCH]:
+                sent[key] = now
+                group.create_task(instances.send(sender.instance_id, [body], queue_url=queue_url))
     return time.monotonic()
 
 
@@ -333,10 +342,12 @@ async def queue_empty(aws: Aws, queue_url: str, deadline: float) -> float | None
 # ------------------------------------------------------------------------------ floor
 
 
-async def run_floor(aws: Aws, nodes: Sequence[Node], *, rate: float) -> Floor:
+async def run_floor(
+    aws: Aws, instances: Instances, nodes: Sequence[Member], *, rate: float
+) -> Floor:
     """The least any watcher must do: receive and delete the notices, write the rows."""
     queue_url, table = await create_floor_resources(aws)
-    fed, sqs_s, duplicates = await floor_sqs(aws, queue_url, nodes, rate=rate)
+    fed, sqs_s, duplicates = await floor_sqs(aws, instances, queue_url, nodes, rate=rate)
     ddb_s = await floor_ddb(aws, table, nodes)
     return Floor(len(nodes), fed, sqs_s, ddb_s, duplicates)
 
@@ -361,10 +372,10 @@ async def create_floor_resources(aws: Aws) -> tuple[str, str]:
 
 
 async def floor_sqs(
-    aws: Aws, queue_url: str, nodes: Sequence[Node], *, rate: float
+    aws: Aws, instances: Instances, queue_url: str, nodes: Sequence[Member], *, rate: float
 ) -> tuple[float, float | None, int]:
     """(fed, all deleted or None, duplicates), times from the first send."""
-    bodies = [(node.instance_id, notice(READY_EVENT, node)) for node in nodes]
+    bodies = [(node.instance_id, node, notice(READY_EVENT, node)) for node in nodes]
     seen: set[str] = set()
     deliveries = 0
     finished = asyncio.Event()
@@ -399,7 +410,7 @@ async def floor_sqs(
     started = time.monotonic()
     async with asyncio.TaskGroup() as group:
         producer = group.create_task(
-            feed(aws, queue_url, bodies, rate=rate, started=started, sent={})
+            feed(instances, queue_url, bodies, rate=rate, started=started, sent={})
         )
         receivers = [group.create_task(receiver()) for _ in range(FLOOR_RECEIVERS)]
         with contextlib.suppress(TimeoutError):
@@ -410,7 +421,7 @@ async def floor_sqs(
     return producer.result() - started, done, deliveries - len(seen)
 
 
-async def floor_ddb(aws: Aws, table: str, nodes: Sequence[Node]) -> float:
+async def floor_ddb(aws: Aws, table: str, nodes: Sequence[Member]) -> float:
     now = datetime.now(UTC)
     items = [
         InstanceRecord(
@@ -448,8 +459,11 @@ async def floor_ddb(aws: Aws, table: str, nodes: Sequence[Node]) -> float:
 class Bench:
     """What the watcher phases share."""
 
-    aws: Aws  # the bench's own clients: the compute nodes' sends and the monitoring
+    aws: Aws  # the bench's own clients: the monitoring
+    instances: Instances  # the compute nodes, each sending as itself
     queue_url: str
+    dead_letter_url: str
+    topic_arn: str
     slurm_conf: Path
     rate: float
     probe: Probe
@@ -463,16 +477,21 @@ class Bench:
 
 @contextlib.asynccontextmanager
 async def running_watcher(
-    watcher_aws: Aws, queue_url: str, table: str, slurm: SlurmSettings, probe: Probe
+    watcher_aws: Aws, cluster: ClusterResources, slurm: SlurmSettings, probe: Probe
 ) -> AsyncIterator[asyncio.Task[None]]:
     """The watcher as the daemon runs it, in a task; stopped, whatever happens."""
     registry = Registry(
-        ObservedTable(watcher_aws, table, probe),
+        ObservedTable(watcher_aws, cluster.table, probe),
         Slurm(slurm),
         default_slots=SLOTS,
         tombstone_for=timedelta(days=7),
     )
-    watcher = SqsWatcher(watcher_aws, SqsWatcherSettings(queue=queue_url), registry)
+    watcher = SqsWatcher(
+        watcher_aws,
+        SqsWatcherSettings(**cluster.watcher_settings()),
+        registry,
+        compute_group=GROUP,
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(watcher.run(stop))
     try:
@@ -490,10 +509,10 @@ async def running_watcher(
             console.print("[red]the watcher did not stop within 30 s; cancelled[/red]")
 
 
-async def run_burst(bench: Bench, label: str, event: str, nodes: Sequence[Node]) -> Burst:
+async def run_burst(bench: Bench, label: str, event: str, nodes: Sequence[Member]) -> Burst:
     """Feed one notice per node at the bench's rate; time until Slurm shows the result."""
     joining = event == READY_EVENT
-    bodies = [(node.hostname, notice(event, node)) for node in nodes]
+    bodies = [(node.hostname, node, notice(event, node)) for node in nodes]
     aws_before, commands_before = len(bench.probe.aws_calls), bench.probe.commands.total()
     batches_before = len(bench.probe.batches)
     sent: dict[str, float] = {}
@@ -502,7 +521,7 @@ async def run_burst(bench: Bench, label: str, event: str, nodes: Sequence[Node])
     started = time.monotonic()
     deadline = started + PHASE_TIMEOUT_S
     producer = asyncio.create_task(
-        feed(bench.aws, bench.queue_url, bodies, rate=bench.rate, started=started, sent=sent)
+        feed(bench.instances, bench.queue_url, bodies, rate=bench.rate, started=started, sent=sent)
     )
     try:
         while len(seen) < len(wanted) and time.monotonic() < deadline:
@@ -533,11 +552,10 @@ async def run_burst(bench: Bench, label: str, event: str, nodes: Sequence[Node])
     )
 
 
-async def run_singles(bench: Bench, count: int) -> Singles:
+async def run_singles(bench: Bench, nodes: Sequence[Member]) -> Singles:
     """One join then its leave at a time, each sent only once the queue is empty again."""
     result = Singles([], [], 0)
-    for k in range(count):
-        node = single_node(k)
+    for node in nodes:
         for event, times in ((READY_EVENT, result.joins), (LEAVE_EVENT, result.leaves)):
             latency = await one_event(bench, event, node)
             if latency is None:
@@ -548,11 +566,11 @@ async def run_singles(bench: Bench, count: int) -> Singles:
     return result
 
 
-async def one_event(bench: Bench, event: str, node: Node) -> float | None:
+async def one_event(bench: Bench, event: str, node: Member) -> float | None:
     joining = event == READY_EVENT
     body = notice(event, node)
     started = time.monotonic()
-    await bench.aws.call("sqs", "send_message", QueueUrl=bench.queue_url, MessageBody=body)
+    await bench.instances.send(node.instance_id, [body])
     while time.monotonic() - started < SINGLE_TIMEOUT_S:
         bench.check_watcher()
         state = (await slurm_nodes(bench.slurm_conf, node.hostname)).get(node.hostname)
@@ -560,6 +578,60 @@ async def one_event(bench: Bench, event: str, node: Node) -> float | None:
             return time.monotonic() - started
         await asyncio.sleep(SINGLE_POLL_S)
     return None
+
+
+async def run_flood(bench: Bench, attacker: Member, victim: Member, count: int) -> Flood:
+    """A job on ``attacker`` sends ``count`` messages that must all be dead-lettered:
+    unreadable bodies, forged events about ``victim``, its own joins under ``victim``'s
+    name and address."""
+    forged_terminate = json.dumps(
+        {
+            "Type": "Notification",
+            "TopicArn": bench.topic_arn,
+            "Message": autoscaling_notification(TERMINATE_EVENT, victim.instance_id),
+        }
+    )
+    kinds = [
+        "{not json",
+        notice(LEAVE_EVENT, victim),
+        notice(READY_EVENT, victim),
+        forged_terminate,
+        attacker.notice(hostname=victim.hostname),
+        attacker.notice(address=victim.address),
+    ]
+    garbage = [kinds[n % len(kinds)] for n in range(count)]
+    before = await slurm_nodes(bench.slurm_conf)
+    dead_before = await depth(bench.aws, bench.dead_letter_url)
+    calls_before = len(bench.probe.aws_calls)
+    started = time.monotonic()
+    for start in range(0, count, 500):
+        bench.check_watcher()
+        await bench.instances.send(attacker.instance_id, garbage[start : start + 500])
+        for _ in range(int(PHASE_TIMEOUT_S / BURST_POLL_S)):
+            if await depth(bench.aws, bench.queue_url) < 1000:
+                break
+            await asyncio.sleep(BURST_POLL_S)
+    fed_at = time.monotonic()
+    drained_at = await queue_empty(bench.aws, bench.queue_url, fed_at + PHASE_TIMEOUT_S)
+    calls = bench.probe.aws_calls[calls_before:]
+    return Flood(
+        count=count,
+        fed_s=fed_at - started,
+        drained_s=drained_at - started if drained_at is not None else None,
+        dead_lettered=await depth(bench.aws, bench.dead_letter_url) - dead_before,
+        ec2_calls=sum(1 for call, _ in calls if call.startswith("ec2 ")),
+        dead_letter_calls=sum(1 for call, _ in calls if call == "sqs send_message_batch"),
+        unchanged=await slurm_nodes(bench.slurm_conf) == before,
+    )
+
+
+async def depth(aws: Aws, queue_url: str) -> int:
+    """Messages in a queue, visible or in flight."""
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    response = await aws.call(
+        "sqs", "get_queue_attributes", QueueUrl=queue_url, AttributeNames=names
+    )
+    return sum(int(response["Attributes"][name]) for name in names)
 
 
 # ---------------------------------------------------------------------- Slurm alone
@@ -592,40 +664,56 @@ async def run_direct(settings: SlurmSettings, probe: Probe, count: int) -> Direc
 
 async def bench_all(args: argparse.Namespace, slurm: LocalSlurm) -> Results:
     probe = Probe()
-    nodes = burst_nodes(args.hosts)
     async with (
         Aws(AwsSettings(), REGION) as aws,
         ObservedAws(AwsSettings(), REGION, probe) as watcher_aws,
     ):
         cluster = await create_cluster_resources(aws, STACK)
-        step(f"floor: {args.hosts} messages received and deleted, {args.hosts} rows written")
-        floor = await run_floor(aws, nodes, rate=args.rate)
-        with counting_commands(probe):
-            async with running_watcher(
-                watcher_aws, cluster.queue_url, cluster.table, slurm.settings, probe
-            ) as watcher:
-                bench = Bench(aws, cluster.queue_url, slurm.conf, args.rate, probe, watcher)
-                step(f"joins: {args.hosts} compute nodes join")
-                joins = await run_burst(bench, "joins", READY_EVENT, nodes)
-                step(f"single events: {args.singles} joins and leaves, one at a time")
-                singles = await run_singles(bench, args.singles)
-                step(f"leaves: the {args.hosts} compute nodes leave")
-                leaves = await run_burst(bench, "leaves", LEAVE_EVENT, nodes)
-            step(f"Slurm alone: add_hosts and remove_hosts of {args.hosts} hosts")
-            direct = await run_direct(slurm.settings, probe, args.hosts)
-        attributes = await aws.call(
-            "sqs",
-            "get_queue_attributes",
-            QueueUrl=cluster.dead_letter_url,
-            AttributeNames=["ApproximateNumberOfMessages"],
-        )
-        dead_letters = int(attributes["Attributes"]["ApproximateNumberOfMessages"])
+        await create_compute_group(aws, GROUP, desired=0, max_size=args.hosts + args.singles)
+        async with Instances(
+            aws, group=GROUP, queue_url=cluster.queue_url, role_arn=cluster.compute_role_arn
+        ) as instances:
+            step(f"{args.hosts + args.singles} instances launched in moto's EC2")
+            nodes = await instances.launch(args.hosts)
+            single_nodes = await instances.launch(args.singles)
+            # What each instance has before it sends anything: its role's credentials.
+            await asyncio.gather(
+                *(instances.credentials(n.instance_id) for n in (*nodes, *single_nodes))
+            )
+            step(f"floor: {args.hosts} messages received and deleted, {args.hosts} rows written")
+            floor = await run_floor(aws, instances, nodes, rate=args.rate)
+            with counting_commands(probe):
+                async with running_watcher(watcher_aws, cluster, slurm.settings, probe) as watcher:
+                    bench = Bench(
+                        aws,
+                        instances,
+                        cluster.queue_url,
+                        cluster.dead_letter_url,
+                        cluster.topic_arn,
+                        slurm.conf,
+                        args.rate,
+                        probe,
+                        watcher,
+                    )
+                    step(f"joins: {args.hosts} compute nodes join")
+                    joins = await run_burst(bench, "joins", READY_EVENT, nodes)
+                    step(f"single events: {args.singles} joins and leaves, one at a time")
+                    singles = await run_singles(bench, single_nodes)
+                    step(f"flood: {args.flood:,} hostile messages from a job on one node")
+                    flood = await run_flood(bench, nodes[0], nodes[1], args.flood)
+                    step(f"leaves: the {args.hosts} compute nodes leave")
+                    leaves = await run_burst(bench, "leaves", LEAVE_EVENT, nodes)
+                step(f"Slurm alone: add_hosts and remove_hosts of {args.hosts} hosts")
+                direct = await run_direct(slurm.settings, probe, args.hosts)
+        # The flood's are expected there; any other would be a message wrongly refused.
+        dead_letters = await depth(aws, cluster.dead_letter_url) - flood.dead_lettered
     return Results(
         hosts=args.hosts,
         rate=args.rate,
         floor=floor,
         joins=joins,
         singles=singles,
+        flood=flood,
         leaves=leaves,
         direct=direct,
         log_problems=log_problems(args.log),
@@ -664,6 +752,9 @@ def main() -> None:
         "--rate", type=float, default=100.0, help="messages/s fed to the queue (100)"
     )
     parser.add_argument("--singles", type=int, default=30, help="single join+leave pairs (30)")
+    parser.add_argument(
+        "--flood", type=int, default=10_000, help="hostile messages in the flood (10000)"
+    )
     parser.add_argument(
         "--stock-moto",
         action="store_true",
@@ -738,11 +829,12 @@ def report(r: Results) -> None:
     out.print(bursts_table(r))
     out.print(singles_table(r.singles))
     out.print(goals_table(r))
+    out.print(flood_table(r.flood))
     out.print(direct_table(r.direct))
     out.print(aws_table(r.joins, r.leaves))
     if r.singles.missed:
         out.print(f"[red]single events not seen within {SINGLE_TIMEOUT_S:g} s: {r.singles.missed}")
-    out.print(f"dead-lettered messages: {r.dead_letters}")
+    out.print(f"dead-lettered messages besides the flood's: {r.dead_letters}")
     if r.log_problems:
         listed = ", ".join(f"{name} x{n}" for name, n in r.log_problems.most_common())
         out.print(f"[yellow]watcher log warnings/errors: {listed}[/yellow]")
@@ -832,6 +924,20 @@ def goals_table(r: Results) -> Table:
         millis(percentile(r.singles.joins, 50)),
         "< 1 s (the lineage polled every 30 s)",
     )
+    return table
+
+
+def flood_table(f: Flood) -> Table:
+    table = new_table(
+        f"Flood: {f.count:,} hostile messages from one node's credentials", "figure", "value"
+    )
+    table.add_row("sent (500 at a time, while fewer than 1,000 queued)", seconds(f.fed_s))
+    table.add_row("[bold]queue empty again[/bold]", f"[bold]{seconds(f.drained_s)}[/bold]")
+    table.add_row("  messages/s", f"{f.rate:.0f}" if f.rate else "-")
+    table.add_row("dead-lettered", f"{f.dead_lettered:,}")
+    table.add_row("  SendMessageBatch calls to the dead-letter queue", str(f.dead_letter_calls))
+    table.add_row("EC2 calls (at most one a batch: the node's own joins)", str(f.ec2_calls))
+    table.add_row("Slurm's hosts unchanged", "yes" if f.unchanged else "[red]NO[/red]")
     return table
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
-from cfncluster_node import names
+from cfncluster_node import names, protocol
 
 DEFAULT_PATH = Path("/etc/cfncluster/node.toml")
 COMPUTE_PATH = Path("/etc/cfncluster/compute.toml")
@@ -48,8 +48,9 @@ class ClusterSettings(Section):
     # The DynamoDB instance table, and how long a terminated instance's row stays.
     table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
     tombstone_days: StrictFloat = Field(default=7.0, gt=0)
-    # The compute Auto Scaling group, for the reconciler's "never joined" check.
-    compute_group: str | None = Field(default=None, min_length=1, max_length=255)
+    # The compute Auto Scaling group: every joining instance must be its member, and the
+    # reconciler, the publisher and scale-in read and change it.
+    compute_group: str = Field(min_length=1, max_length=255)
     # This head node's logical id in the stack: CloudFormation waits for its signal
     # (SignalResource) that storage and services are up, or that they failed and why.
     signal_resource: str | None = Field(default=None, pattern=r"^[A-Za-z0-9]+$")
@@ -66,6 +67,12 @@ class AwsSettings(Section):
 
 class SqsWatcherSettings(Section):
     queue: str = Field(min_length=1, description="queue name or URL")
+    # Who may send on the queue (node/trust.py): Auto Scaling's events come only through
+    # the stack's topic, a compute node's only from the compute role's session of itself.
+    topic_arn: str = Field(pattern=r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
+    compute_role_id: str = Field(pattern=r"^AROA[A-Z0-9]{12,124}$")
+    # What SQS says SNS's deliveries are sent by; the same in every region seen so far.
+    topic_sender_id: str = Field(default=protocol.SNS_SENDER_ID, pattern=r"^[A-Z0-9]{16,128}$")
     receivers: StrictInt = Field(default=4, ge=1, le=32)
     max_batch: StrictInt = Field(default=1000, ge=1, le=10_000)
     visibility_timeout: StrictInt = Field(default=120, ge=10, le=43_200)

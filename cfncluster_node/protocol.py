@@ -21,6 +21,9 @@ READY_EVENT: Final = "cfncluster:COMPUTE_READY"
 PARALLELCLUSTER_READY_EVENT: Final = "parallelcluster:COMPUTE_READY"
 # This project's own: a compute node's clean shutdown. The lineage never sent it.
 LEAVE_EVENT: Final = "cfncluster:COMPUTE_LEAVE"
+# What SQS reports as the sender of every message SNS delivers (the SNS service's own
+# principal): Auto Scaling's events come from no one else.
+SNS_SENDER_ID: Final = "AIDAIT2UOQQY3AUEKVGXU"
 
 # The instance table (docs/protocol.md, "The instance table").
 TABLE_KEY: Final = "instanceId"

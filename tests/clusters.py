@@ -1,11 +1,42 @@
-"""Cluster configs for the launcher's and the template's tests."""
+"""Cluster configs for the launcher's and the template's tests, and head-node configs."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from cfncluster_node.aws import Aws
+from cfncluster_node.local.cloud import LOOPBACK_VPC, ClusterResources, loopback_subnet
 from cfncluster_node.stack.clusterconfig import ClusterConfig
+
+# Who may send on a made-up cluster's queue (its topic, its compute role).
+TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:demo-events"
+COMPUTE_ROLE_ID = "AROAEXAMPLEROLEID0001"
+
+
+def node_toml(
+    resources: ClusterResources | None = None,
+    *,
+    stack: str = "demo",
+    group: str = "demo-compute",
+    cluster: str = "",
+    sqswatcher: str = "",
+    after: str = "",
+) -> str:
+    """The least a head node's node.toml holds: the stack's resources and who may send on
+    its queue, for ``resources`` (a cluster in moto) or made-up names. ``cluster`` and
+    ``sqswatcher``: more lines in those sections; ``after``: more sections."""
+    table, queue, topic, role = (
+        (resources.table, resources.queue_url, resources.topic_arn, resources.compute_role_id)
+        if resources
+        else (f"{stack}-instances", f"{stack}-queue", TOPIC_ARN, COMPUTE_ROLE_ID)
+    )
+    return (
+        f'[cluster]\nstack_name = "{stack}"\nregion = "us-east-1"\ntable = "{table}"\n'
+        f'compute_group = "{group}"\n{cluster}'
+        f'[sqswatcher]\nqueue = "{queue}"\ntopic_arn = "{topic}"\ncompute_role_id = "{role}"\n'
+        f"{sqswatcher}{after}"
+    )
+
 
 BASE: dict[str, Any] = {
     "cluster": {"region": "us-east-1"},
@@ -37,13 +68,23 @@ HOOKS = {
 CLUSTER_CONFIG = cluster_config(hooks=HOOKS)
 
 
-async def on_moto(aws: Aws, **sections: dict[str, Any]) -> ClusterConfig:
-    """A cluster in moto's default VPC."""
-    subnet = (await aws.call("ec2", "describe_subnets"))["Subnets"][0]
+async def on_moto(
+    aws: Aws, *, default_vpc: bool = False, **sections: dict[str, Any]
+) -> ClusterConfig:
+    """A cluster in the loopback VPC, whose addresses this machine can serve; or in moto's
+    default VPC, for hosts of a network namespace of the test's own (the VM test's)."""
+    if default_vpc:
+        [subnet, *_] = (await aws.call("ec2", "describe_subnets"))["Subnets"]
+        cidr = "172.31.0.0/16"
+    else:
+        subnet_id = await loopback_subnet(aws)
+        found = await aws.call("ec2", "describe_subnets", SubnetIds=[subnet_id])
+        [subnet] = found["Subnets"]
+        cidr = LOOPBACK_VPC
     network = {
         "vpc_id": subnet["VpcId"],
         "subnet_id": subnet["SubnetId"],
         "availability_zone": subnet["AvailabilityZone"],
-        "vpc_cidr": "172.31.0.0/16",
+        "vpc_cidr": cidr,
     }
     return cluster_config(**{"network": network, **sections})

@@ -31,6 +31,7 @@ from cfncluster_node.config import AwsSettings
 from cfncluster_node.local import cloud
 from cfncluster_node.local.cloud import (
     ClusterResources,
+    Instances,
     MotoServer,
     create_cluster_resources,
     create_compute_group,
@@ -168,6 +169,17 @@ async def cluster(aws: Aws) -> ClusterResources:
     return await create_cluster_resources(aws, "test", max_receives=3)
 
 
+@pytest.fixture
+async def fleet(aws: Aws, cluster: ClusterResources) -> AsyncIterator[Instances]:
+    """The compute group, empty, in the loopback VPC: ``launch`` adds instances, and
+    each sends as its own role session."""
+    await create_compute_group(aws, GROUP, desired=0, max_size=500)
+    async with Instances(
+        aws, group=GROUP, queue_url=cluster.queue_url, role_arn=cluster.compute_role_arn
+    ) as instances:
+        yield instances
+
+
 NODE = "ip-10-5-0-1"
 # Named as the stack names it: the IAM policies allow the head node `STACK-compute` only.
 GROUP = "test-compute"
@@ -195,7 +207,7 @@ async def compute_node(
         address="127.0.0.1",
         slots=CPUS,
     )
-    assert await registry.apply([join]) == set()
+    assert (await registry.apply([join])).failed == set()
     slurm.start_slurmd(NODE, CPUS)
     yield instance
     slurm.stop_slurmds()

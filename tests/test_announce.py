@@ -10,27 +10,42 @@ import pytest
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.imds import IMDS_ENV
-from cfncluster_node.local.cloud import ClusterResources, MotoServer, queue_depth
+from cfncluster_node.local.cloud import ClusterResources, Instances, Member, MotoServer, queue_depth
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node import announce
 from cfncluster_node.protocol import READY_EVENT
 from tests.conftest import MetadataService
 from tests.test_sqswatcher import drain, rows, slurm_hosts
 
-METADATA = {
-    "instance-id": "i-0a1b2c3d4e5f60718",
-    "local-hostname": "ip-10-0-3-17.ec2.internal",
-    "instance-type": "c5.2xlarge",
-    "local-ipv4": "127.0.3.17",
-}
+
+@pytest.fixture
+async def node(fleet: Instances) -> Member:
+    """The instance the command runs on: one of the group's."""
+    [launched] = await fleet.launch(1)
+    return launched
 
 
 @pytest.fixture
-async def imds(metadata_service: MetadataService) -> str:
-    return await metadata_service(METADATA)
+async def imds(metadata_service: MetadataService, node: Member) -> str:
+    return await metadata_service(
+        {
+            "instance-id": node.instance_id,
+            "local-hostname": f"{node.hostname}.ec2.internal",
+            "instance-type": node.instance_type,
+            "local-ipv4": node.address,
+        }
+    )
 
 
-async def announce_command(moto: MotoServer, imds: str, *args: str) -> tuple[int, str]:
+@pytest.fixture
+async def credentials(fleet: Instances, node: Member) -> dict[str, str]:
+    """What the SDK finds on the instance: its role's session."""
+    return await fleet.credentials(node.instance_id)
+
+
+async def announce_command(
+    moto: MotoServer, imds: str, *args: str, credentials: dict[str, str] | None = None
+) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -39,7 +54,7 @@ async def announce_command(moto: MotoServer, imds: str, *args: str) -> tuple[int
         *args,
         "--region",
         "us-east-1",
-        env={**os.environ, **moto.env, IMDS_ENV: imds},
+        env={**os.environ, **moto.env, IMDS_ENV: imds, **(credentials or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -48,25 +63,13 @@ async def announce_command(moto: MotoServer, imds: str, *args: str) -> tuple[int
 
 
 async def test_announce_ready_then_leave_registers_and_unregisters_the_node(
-    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, imds: str
-) -> None:
-    code, output = await announce_command(
-        moto, imds, "ready", "--queue-url", cluster.queue_url, "--slots", "8"
-    )
-    assert code == 0, output
-    await drain(aws, cluster, slurm.settings)
-    assert await slurm_hosts(slurm) == {"ip-10-0-3-17": "127.0.3.17"}
-    row = (await rows(aws, cluster))["i-0a1b2c3d4e5f60718"]
-    assert (row.slots, row.instance_type) == (8, "c5.2xlarge")
-
-    code, output = await announce_command(moto, imds, "leave", "--queue-url", cluster.queue_url)
-    assert code == 0, output
-    await drain(aws, cluster, slurm.settings)
-    assert await slurm_hosts(slurm) == {}
-
-
-async def test_flags_override_metadata(
-    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, imds: str
+    aws: Aws,
+    cluster: ClusterResources,
+    slurm: LocalSlurm,
+    moto: MotoServer,
+    imds: str,
+    node: Member,
+    credentials: dict[str, str],
 ) -> None:
     code, output = await announce_command(
         moto,
@@ -74,16 +77,64 @@ async def test_flags_override_metadata(
         "ready",
         "--queue-url",
         cluster.queue_url,
-        "--hostname",
-        "node-a",
-        "--address",
-        "127.0.3.99",
         "--slots",
-        "2",
+        "8",
+        credentials=credentials,
     )
     assert code == 0, output
     await drain(aws, cluster, slurm.settings)
-    assert await slurm_hosts(slurm) == {"node-a": "127.0.3.99"}
+    assert await slurm_hosts(slurm) == {node.hostname: node.address}
+    row = (await rows(aws, cluster))[node.instance_id]
+    assert (row.slots, row.instance_type) == (8, node.instance_type)
+
+    code, output = await announce_command(
+        moto, imds, "leave", "--queue-url", cluster.queue_url, credentials=credentials
+    )
+    assert code == 0, output
+    await drain(aws, cluster, slurm.settings)
+    assert await slurm_hosts(slurm) == {}
+
+
+async def test_flags_override_what_the_node_says_but_the_head_node_believes_ec2(
+    aws: Aws,
+    cluster: ClusterResources,
+    slurm: LocalSlurm,
+    moto: MotoServer,
+    imds: str,
+    node: Member,
+    credentials: dict[str, str],
+) -> None:
+    slots = ("--slots", "2")
+    renamed = ("--hostname", "node-a", "--address", "127.0.3.99")
+    for flags in (renamed + slots, slots):
+        code, output = await announce_command(
+            moto,
+            imds,
+            "ready",
+            "--queue-url",
+            cluster.queue_url,
+            *flags,
+            credentials=credentials,
+        )
+        assert code == 0, output
+        await drain(aws, cluster, slurm.settings)
+
+    assert await slurm_hosts(slurm) == {node.hostname: node.address}
+    assert (await rows(aws, cluster))[node.instance_id].slots == 2
+    assert await queue_depth(aws, cluster.dead_letter_url) == 1
+
+
+async def test_a_join_sent_with_other_credentials_than_the_instances_is_not_believed(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, imds: str
+) -> None:
+    # The operator's credentials, not the instance's role session.
+    code, output = await announce_command(moto, imds, "ready", "--queue-url", cluster.queue_url)
+    assert code == 0, output
+    await drain(aws, cluster, slurm.settings)
+
+    assert await slurm_hosts(slurm) == {}
+    assert await rows(aws, cluster) == {}
+    assert await queue_depth(aws, cluster.dead_letter_url) == 1
 
 
 async def test_unreachable_metadata_service_is_one_clear_error(

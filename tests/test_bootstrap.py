@@ -38,6 +38,8 @@ compute_group = "{group}"
 
 [sqswatcher]
 queue = "boot-queue"
+topic_arn = "arn:aws:sns:us-east-1:123456789012:boot-events"
+compute_role_id = "AROAEXAMPLEROLEID0001"
 
 [bootstrap]
 munge_key_secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:boot-munge-key-abcdef"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from cfncluster_node import cli, local
+from tests.clusters import node_toml
 
 
 def cfncluster_node(
@@ -38,8 +39,7 @@ def test_missing_config_file_exits_2_naming_the_file_and_the_fix(tmp_path: Path)
 def test_every_bad_key_is_one_line_naming_file_key_expected_and_found(tmp_path: Path) -> None:
     config = tmp_path / "node.toml"
     config.write_text(
-        '[cluster]\nstack_name = "c1"\nregion = "us-east-1"\ntable = "jobs"\n'
-        '[sqswatcher]\nqueue = "q"\nreceivers = "four"\nvisibilty_timeout = 30\n'
+        node_toml(stack="c1", sqswatcher='receivers = "four"\nvisibilty_timeout = 30\n')
     )
 
     result = cfncluster_node("run", "--config", str(config))
@@ -56,10 +56,7 @@ def test_every_bad_key_is_one_line_naming_file_key_expected_and_found(tmp_path: 
 
 def test_check_config_prints_the_defaults_it_filled_in(tmp_path: Path) -> None:
     config = tmp_path / "node.toml"
-    config.write_text(
-        '[cluster]\nstack_name = "c1"\nregion = "us-east-1"\ntable = "jobs"\n'
-        '[sqswatcher]\nqueue = "q"\n'
-    )
+    config.write_text(node_toml(stack="c1"))
 
     result = cfncluster_node(
         "check-config", env={"CFNCLUSTER_NODE_CONFIG": str(config), "PATH": "/usr/bin:/bin"}

@@ -15,9 +15,12 @@ MINIMAL = """\
 stack_name = "demo"
 region = "us-east-1"
 table = "demo-instances"
+compute_group = "demo-compute"
 
 [sqswatcher]
 queue = "demo-queue"
+topic_arn = "arn:aws:sns:us-east-1:123456789012:demo-events"
+compute_role_id = "AROAEXAMPLEROLEID0001"
 """
 
 

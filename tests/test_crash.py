@@ -8,20 +8,21 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.local.cloud import (
     ClusterResources,
+    Instances,
     MotoServer,
     publish_autoscaling,
     queue_depth,
-    send_messages,
 )
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node.records import InstanceState
-from tests.test_sqswatcher import T0, TERMINATE, instance, ready, rows, slurm_hosts
+from tests.clusters import node_toml
+from tests.conftest import GROUP
+from tests.test_sqswatcher import TERMINATE, rows, slurm_hosts
 
 JOINS = 200
 TERMINATED = 100
@@ -29,23 +30,13 @@ TERMINATED = 100
 
 def write_config(path: Path, cluster: ClusterResources, slurm: LocalSlurm) -> Path:
     path.write_text(
-        f"""
-[cluster]
-stack_name = "crash"
-region = "us-east-1"
-table = "{cluster.table}"
-
-[sqswatcher]
-queue = "{cluster.queue_url}"
-visibility_timeout = 10
-max_batch = 20
-
-[slurm]
-conf = "{slurm.conf}"
-
-[logging]
-format = "json"
-"""
+        node_toml(
+            cluster,
+            stack="crash",
+            group=GROUP,
+            sqswatcher="visibility_timeout = 10\nmax_batch = 20\n",
+            after=f'[slurm]\nconf = "{slurm.conf}"\n[logging]\nformat = "json"\n',
+        )
     )
     return path
 
@@ -72,16 +63,20 @@ async def wait_until(check: object, timeout: float) -> None:
 
 
 async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
-    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, tmp_path: Path
+    aws: Aws,
+    cluster: ClusterResources,
+    slurm: LocalSlurm,
+    moto: MotoServer,
+    fleet: Instances,
+    tmp_path: Path,
 ) -> None:
+    nodes = await fleet.launch(JOINS)
     config = write_config(tmp_path / "node.toml", cluster, slurm)
     log = tmp_path / "watcher.log"
     first = start_daemon(config, moto, log)
     try:
         for start in range(0, JOINS, 20):
-            await send_messages(
-                aws, cluster.queue_url, [ready(n) for n in range(start, start + 20)]
-            )
+            await fleet.join(*nodes[start : start + 20])
 
         async def half_registered() -> bool:
             return len(await slurm_hosts(slurm)) >= JOINS // 4
@@ -92,15 +87,13 @@ async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
         first.wait()
 
     # Terminates (and a replay of some joins) arrive while no watcher runs.
-    for n in range(TERMINATED):
-        await publish_autoscaling(
-            aws, cluster.topic_arn, TERMINATE, instance(n), when=T0 + timedelta(minutes=5)
-        )
-    await send_messages(aws, cluster.queue_url, [ready(n) for n in range(0, JOINS, 7)])
+    for node in nodes[:TERMINATED]:
+        await publish_autoscaling(aws, cluster.topic_arn, TERMINATE, node.instance_id)
+    await fleet.join(*nodes[::7])
 
     second = start_daemon(config, moto, log)
     try:
-        expected_hosts = {f"ip-10-0-0-{n}" for n in range(TERMINATED, JOINS)}
+        expected_hosts = {node.hostname for node in nodes[TERMINATED:]}
 
         async def converged() -> bool:
             return set(await slurm_hosts(slurm)) == expected_hosts and (
@@ -117,14 +110,20 @@ async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(
     table = await rows(aws, cluster)
     assert len(table) == JOINS
     assert {i for i, r in table.items() if r.state is InstanceState.TERMINATED} == {
-        instance(n) for n in range(TERMINATED)
+        node.instance_id for node in nodes[:TERMINATED]
     }
     assert await queue_depth(aws, cluster.dead_letter_url) == 0
 
 
 async def test_run_supervises_every_service_and_stops_them_all_on_sigterm(
-    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, tmp_path: Path
+    aws: Aws,
+    cluster: ClusterResources,
+    slurm: LocalSlurm,
+    moto: MotoServer,
+    fleet: Instances,
+    tmp_path: Path,
 ) -> None:
+    [node] = await fleet.launch(1)
     config = write_config(tmp_path / "node.toml", cluster, slurm)
     config.write_text(
         config.read_text()
@@ -136,7 +135,7 @@ async def test_run_supervises_every_service_and_stops_them_all_on_sigterm(
     log = tmp_path / "run.log"
     process = start_daemon(config, moto, log, "run")
     try:
-        await send_messages(aws, cluster.queue_url, [ready(1)])
+        await fleet.join(node)
 
         async def all_working() -> bool:
             text = log.read_text()

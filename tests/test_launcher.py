@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -23,11 +22,9 @@ from rich.console import Console
 from cfncluster_node import config, imds
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import Config, StorageSettings
-from cfncluster_node.local.cloud import MotoServer, publish_autoscaling, queue_depth, send_messages
+from cfncluster_node.local.cloud import Instances, MotoServer, publish_autoscaling, queue_depth
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node import readiness, services
-from cfncluster_node.node.messages import compute_notice
-from cfncluster_node.protocol import READY_EVENT
 from cfncluster_node.stack import launcher, template
 from cfncluster_node.stack.clusterconfig import ClusterConfig
 from cfncluster_node.storage import StorageError, ebs
@@ -109,22 +106,28 @@ async def test_create_waits_for_the_head_node_and_the_daemons_use_every_resource
             "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=["c1-compute"]
         )
     )["AutoScalingGroups"][0]["Instances"]
-    now = datetime.now(UTC)
     await publish_autoscaling(
-        aws, outputs["TopicArn"], "autoscaling:EC2_INSTANCE_LAUNCH", member["InstanceId"], when=now
+        aws, outputs["TopicArn"], "autoscaling:EC2_INSTANCE_LAUNCH", member["InstanceId"]
     )
-    join = compute_notice(
-        READY_EVENT, member["InstanceId"], now, hostname="ip-10-9-0-1", address="127.9.0.1", slots=2
-    )
-    await send_messages(aws, outputs["QueueUrl"], [join, "{not json"])
+    # The node joins as itself: the stack's compute role, in a session named after it.
+    async with Instances(
+        aws, group="c1-compute", queue_url=outputs["QueueUrl"], role_arn=outputs["ComputeRoleArn"]
+    ) as instances:
+        [node] = await instances.describe([member["InstanceId"]])
+        await instances.join(node, slots=2)
+        await instances.send(node.instance_id, ["{not json"])
 
     registry = services.build_registry(settings, aws)
     for name in settings.supervisor.services:
         await services.build(name, settings, aws, registry, burst=True).run(asyncio.Event())
 
-    assert [h.hostname for h in await registry.scheduler.list_hosts()] == ["ip-10-9-0-1"]
+    assert [h.hostname for h in await registry.scheduler.list_hosts()] == [node.hostname]
     [row] = await registry.table.scan()
-    assert (row.instance_id, row.hostname) == (member["InstanceId"], "ip-10-9-0-1")
+    assert (row.instance_id, row.hostname, row.address) == (
+        node.instance_id,
+        node.hostname,
+        node.address,
+    )
     assert await queue_depth(aws, outputs["DeadLetterQueueUrl"]) == 1
     metric = await aws.call(
         "cloudwatch",

@@ -26,6 +26,7 @@ PURE = {
     "names",
     "protocol",
     "node.messages",
+    "node.trust",
     "node.lifecycle",
     "node.records",
     "node.fleet",

@@ -58,8 +58,12 @@ def ready(event: str = "cfncluster:COMPUTE_READY", **fields: object) -> str:
     return sns(json.dumps(inner(event, **fields)))
 
 
+def parse(body: str) -> InstanceEvent | Dropped:
+    return messages.parse(body, SENT_AT).event
+
+
 def parse_event(body: str) -> InstanceEvent:
-    parsed = messages.parse(body, SENT_AT)
+    parsed = parse(body)
     assert isinstance(parsed, InstanceEvent), parsed
     return parsed
 
@@ -99,7 +103,7 @@ def test_sns_wrapped_autoscaling_notification_parses_to_its_kind(
 def test_failed_scaling_activity_is_dropped_with_its_cause(event: str, reason: str) -> None:
     body = sns(cloud.autoscaling_notification(event, INSTANCE, when=WHEN))
 
-    parsed = messages.parse(body, SENT_AT)
+    parsed = parse(body)
 
     assert isinstance(parsed, Dropped)
     assert (parsed.reason, parsed.event, parsed.instance_id) == (reason, event, INSTANCE)
@@ -114,7 +118,7 @@ def test_launch_error_without_an_instance_is_still_understood() -> None:
     )
     notification["EC2InstanceId"] = ""
 
-    parsed = messages.parse(sns(json.dumps(notification)), SENT_AT)
+    parsed = parse(sns(json.dumps(notification)))
 
     assert parsed == Dropped(
         "launch_error", "autoscaling:EC2_INSTANCE_LAUNCH_ERROR", None, parsed.detail
@@ -127,7 +131,7 @@ def test_test_notification_is_dropped_although_it_has_no_instance_id() -> None:
     )
     del notification["EC2InstanceId"]
 
-    parsed = messages.parse(sns(json.dumps(notification)), SENT_AT)
+    parsed = parse(sns(json.dumps(notification)))
 
     assert parsed == Dropped("test_notification", "autoscaling:TEST_NOTIFICATION")
 
@@ -135,16 +139,23 @@ def test_test_notification_is_dropped_although_it_has_no_instance_id() -> None:
 def test_raw_delivery_body_parses_like_the_sns_wrapped_one() -> None:
     raw = cloud.autoscaling_notification("autoscaling:EC2_INSTANCE_TERMINATE", INSTANCE, when=WHEN)
 
-    assert messages.parse(raw, SENT_AT) == messages.parse(sns(raw), SENT_AT)
+    assert parse(raw) == parse(sns(raw))
     assert parse_event(raw).kind is EventKind.TERMINATE
+
+
+def test_the_topic_an_envelope_names_is_kept_and_a_raw_body_has_none() -> None:
+    raw = cloud.autoscaling_notification("autoscaling:EC2_INSTANCE_TERMINATE", INSTANCE, when=WHEN)
+
+    assert messages.parse(sns(raw), SENT_AT).topic_arn == (
+        "arn:aws:sns:us-east-1:123456789012:cluster-events"
+    )
+    assert messages.parse(raw, SENT_AT).topic_arn is None
 
 
 def test_raw_delivery_test_notification_is_dropped() -> None:
     raw = json.dumps({"Event": "autoscaling:TEST_NOTIFICATION", "Service": "AWS Auto Scaling"})
 
-    assert messages.parse(raw, SENT_AT) == Dropped(
-        "test_notification", "autoscaling:TEST_NOTIFICATION"
-    )
+    assert parse(raw) == Dropped("test_notification", "autoscaling:TEST_NOTIFICATION")
 
 
 # --- compute-node messages --------------------------------------------------------------
@@ -164,7 +175,7 @@ def test_compute_ready_with_every_optional_field(event: str) -> None:
     assert parse_event(body) == InstanceEvent(
         kind=EventKind.READY,
         instance_id=INSTANCE,
-        time=WHEN,
+        time=SENT_AT,
         hostname="ip-10-0-1-23",
         address="10.0.1.23",
         slots=36,
@@ -210,13 +221,15 @@ def test_ipv6_address_is_normalised() -> None:
     assert parse_event(ready(LocalIpv4="FD00:0:0::0A")).address == "fd00::a"
 
 
-def test_compute_leave_is_a_leave_event() -> None:
-    body = ready(event="cfncluster:COMPUTE_LEAVE", LocalHostname="ip-10-0-1-23.ec2.internal")
+def test_compute_leave_says_only_who_leaves() -> None:
+    body = ready(
+        event="cfncluster:COMPUTE_LEAVE",
+        LocalHostname="ip-10-0-1-23.ec2.internal",
+        LocalIpv4="10.0.1.23",
+        Slots="4",
+    )
 
-    parsed = parse_event(body)
-
-    assert parsed.kind is EventKind.LEAVE
-    assert parsed.hostname == "ip-10-0-1-23"
+    assert parse_event(body) == InstanceEvent(EventKind.LEAVE, INSTANCE, SENT_AT)
 
 
 @pytest.mark.parametrize(
@@ -225,43 +238,68 @@ def test_compute_leave_is_a_leave_event() -> None:
 def test_unknown_event_is_dropped_without_looking_at_the_rest(event: str) -> None:
     body = sns(json.dumps({"Event": event, "EC2InstanceId": "not an id"}))
 
-    assert messages.parse(body, SENT_AT) == Dropped("unknown_event", event)
+    assert parse(body) == Dropped("unknown_event", event)
+
+
+def test_an_unknown_event_name_is_kept_only_in_part() -> None:
+    body = json.dumps({"Event": "x" * 200_000})
+
+    assert parse(body) == Dropped("unknown_event", "x" * 80)
 
 
 # --- event time -------------------------------------------------------------------------
 
 
-def test_time_comes_from_the_inner_time_first() -> None:
-    assert parse_event(ready(Time="2026-11-26T08:50:27.538Z")).time == WHEN
+def terminate(**fields: object) -> dict[str, Any]:
+    notification = json.loads(
+        cloud.autoscaling_notification("autoscaling:EC2_INSTANCE_TERMINATE", INSTANCE, when=WHEN)
+    )
+    notification.update(fields)
+    return {key: value for key, value in notification.items() if value is not None}
+
+
+def test_an_autoscaling_event_keeps_the_time_autoscaling_gave_it() -> None:
+    assert parse_event(sns(json.dumps(terminate()))).time == WHEN
 
 
 def test_time_falls_back_to_the_envelope_timestamp() -> None:
-    assert parse_event(ready()).time == ENVELOPE_TIME
+    assert parse_event(sns(json.dumps(terminate(Time=None)))).time == ENVELOPE_TIME
 
 
 def test_unparseable_inner_time_falls_back_to_the_envelope_timestamp() -> None:
-    assert parse_event(ready(Time="yesterday")).time == ENVELOPE_TIME
+    assert parse_event(sns(json.dumps(terminate(Time="yesterday")))).time == ENVELOPE_TIME
 
 
 def test_time_falls_back_to_sent_at_without_any_timestamp() -> None:
-    body = sns(json.dumps(inner()), timestamp=None)
+    body = sns(json.dumps(terminate(Time=None)), timestamp=None)
 
     assert parse_event(body).time == SENT_AT
 
 
 def test_raw_body_without_time_uses_sent_at() -> None:
-    assert parse_event(json.dumps(inner())).time == SENT_AT
+    assert parse_event(json.dumps(terminate(Time=None))).time == SENT_AT
 
 
 def test_naive_time_is_taken_as_utc() -> None:
-    assert parse_event(ready(Time="2026-11-26T08:50:27.538")).time == WHEN
+    assert parse_event(sns(json.dumps(terminate(Time="2026-11-26T08:50:27.538")))).time == WHEN
 
 
 def test_time_with_an_offset_keeps_the_instant() -> None:
-    parsed = parse_event(ready(Time="2026-11-26T10:50:27.538+02:00"))
+    parsed = parse_event(sns(json.dumps(terminate(Time="2026-11-26T10:50:27.538+02:00"))))
 
     assert parsed.time == WHEN
     assert parsed.time.utcoffset() == timedelta(hours=2)
+
+
+@pytest.mark.parametrize("event", ["cfncluster:COMPUTE_READY", "cfncluster:COMPUTE_LEAVE"])
+@pytest.mark.parametrize("written", ["9999-12-31T23:59:59Z", "1970-01-01T00:00:00Z", None])
+def test_a_compute_event_happens_when_sqs_says_it_was_sent_whatever_it_writes(
+    event: str, written: str | None
+) -> None:
+    # A node's own Time would let it order its join after every other node's.
+    fields = {} if written is None else {"Time": written}
+
+    assert parse_event(ready(event=event, **fields)).time == SENT_AT
 
 
 # --- invalid bodies ---------------------------------------------------------------------
@@ -477,7 +515,7 @@ inner_objects = st.fixed_dictionaries(
 
 def _parse_or_message_error(body: str) -> InstanceEvent | Dropped | None:
     try:
-        return messages.parse(body, SENT_AT)
+        return parse(body)
     except MessageError:
         return None
     except Exception as exc:  # the property under test: nothing else may escape
@@ -587,9 +625,10 @@ def test_compute_notice_parses_back_to_the_same_fields(
 
     assert parsed.kind is messages.EVENT_NAMES[event]
     assert parsed.instance_id == instance
-    # The notice keeps milliseconds.
-    assert parsed.time == time.replace(microsecond=time.microsecond // 1000 * 1000)
-    assert parsed.hostname == hostname
-    assert parsed.address == address
-    assert parsed.slots == slots
-    assert parsed.instance_type == instance_type
+    # The time is SQS's, whatever the node wrote; a leave says only who leaves.
+    assert parsed.time == SENT_AT
+    joined = parsed.kind is EventKind.READY
+    assert parsed.hostname == (hostname if joined else None)
+    assert parsed.address == (address if joined else None)
+    assert parsed.slots == (slots if joined else None)
+    assert parsed.instance_type == (instance_type if joined else None)

@@ -1,4 +1,5 @@
-"""motoserver's CloudFormation creation policies, through the real wire protocol."""
+"""motoserver's fixes, through the real wire protocol: CloudFormation's creation policies,
+SQS's senders and costs, EC2's addresses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from typing import Any
 import pytest
 
 from cfncluster_node.aws import Aws, AwsError
+from cfncluster_node.local import cloud
+from cfncluster_node.local.cloud import ClusterResources
+from cfncluster_node.protocol import LAUNCH_EVENT
 
 STACK = "cluster"
 
@@ -187,3 +191,64 @@ async def test_no_policy_is_unaffected(aws: Aws) -> None:
     with pytest.raises(AwsError, match=refusal) as refused:
         await signal(aws, "i-1")
     assert refused.value.code == "ValidationError"
+
+
+# --- SQS and EC2 as AWS has them ------------------------------------------------------
+
+
+async def sender_ids(aws: Aws, queue_url: str) -> list[str]:
+    received = await aws.call(
+        "sqs",
+        "receive_message",
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=10,
+        MessageSystemAttributeNames=["SenderId"],
+    )
+    return sorted(m["Attributes"]["SenderId"] for m in received["Messages"])
+
+
+async def test_a_message_carries_its_senders_id_as_aws_reports_it(
+    aws: Aws, cluster: ClusterResources
+) -> None:
+    instance = "i-0123456789abcdef0"
+    credentials = await cloud.instance_credentials(aws, cluster.compute_role_arn, instance)
+    async with cloud.Instances(
+        aws, group="unused", queue_url=cluster.queue_url, role_arn=cluster.compute_role_arn
+    ) as instances:
+        await instances.send(instance, ["as the instance"])
+    await cloud.send_messages(aws, cluster.queue_url, ["as the operator"])
+    await cloud.publish_autoscaling(aws, cluster.topic_arn, LAUNCH_EVENT, instance)
+
+    assert credentials["AWS_ACCESS_KEY_ID"].startswith("ASIA")
+    assert await sender_ids(aws, cluster.queue_url) == sorted(
+        [
+            f"{cluster.compute_role_id}:{instance}",  # a role session: <role id>:<session>
+            "AKIAIOSFODNN7EXAMPLE",  # the operator: an IAM user's id
+            "AIDAIT2UOQQY3AUEKVGXU",  # SNS's delivery
+        ]
+    )
+
+
+async def test_a_terminated_instances_address_can_be_given_again(aws: Aws) -> None:
+    subnet = await cloud.loopback_subnet(aws)
+
+    async def run(address: str | None = None) -> dict[str, Any]:
+        chosen = {"PrivateIpAddress": address} if address else {}
+        launched = await aws.call(
+            "ec2",
+            "run_instances",
+            ImageId="ami-12c6146b",
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=subnet,
+            **chosen,
+        )
+        instance: dict[str, Any] = launched["Instances"][0]
+        return instance
+
+    old = await run()
+    await aws.call("ec2", "terminate_instances", InstanceIds=[old["InstanceId"]])
+
+    new = await run(old["PrivateIpAddress"])
+
+    assert new["PrivateDnsName"] == old["PrivateDnsName"]

@@ -126,7 +126,9 @@ def publisher(aws: Aws, settings: SlurmSettings, *, interval: float = 60) -> Pub
     return Publisher(
         aws,
         PublisherSettings(interval=interval),
-        ClusterSettings(stack_name="test", region="us-east-1", table="unused", max_size=10),
+        ClusterSettings(
+            stack_name="test", region="us-east-1", table="unused", compute_group=GROUP, max_size=10
+        ),
         Slurm(settings),
         burst=interval == 60,
     )

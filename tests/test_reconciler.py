@@ -9,19 +9,17 @@ import structlog
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ClusterSettings, ReconcilerSettings
-from cfncluster_node.local.cloud import ClusterResources, create_compute_group, send_messages
+from cfncluster_node.local.cloud import ClusterResources, Instances, create_compute_group
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node.drift import Drift, Instance, Observation, diagnose, healing_events
 from cfncluster_node.node.fleet import Member
 from cfncluster_node.node.lifecycle import Hostnames
-from cfncluster_node.node.messages import compute_notice
 from cfncluster_node.node.reconciler import Reconciler
 from cfncluster_node.node.records import InstanceRecord, InstanceState
-from cfncluster_node.protocol import READY_EVENT
 from cfncluster_node.schedulers import Host, HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
 from tests.conftest import GROUP
-from tests.test_sqswatcher import drain, registry_for, rows, slurm_hosts
+from tests.test_sqswatcher import drain, hosts, registry_for, rows, slurm_hosts
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 A, B, C = "i-0000000000000000a", "i-0000000000000000b", "i-0000000000000000c"
@@ -141,18 +139,6 @@ def test_healing_replays_the_events_the_queue_lost() -> None:
     ]
 
 
-async def launch(aws: Aws, count: int) -> list[str]:
-    response = await aws.call(
-        "ec2",
-        "run_instances",
-        ImageId="ami-12c6146b",
-        MinCount=count,
-        MaxCount=count,
-        InstanceType="c5.large",
-    )
-    return sorted(instance["InstanceId"] for instance in response["Instances"])
-
-
 def reconciler(
     aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, **settings: Any
 ) -> Reconciler:
@@ -168,28 +154,22 @@ def reconciler(
 
 
 async def test_lost_messages_and_a_tampered_scheduler_are_healed_in_one_pass(
-    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, fleet: Instances
 ) -> None:
-    ids = await launch(aws, 3)
-    joins = [
-        compute_notice(
-            READY_EVENT, instance, NOW, hostname=f"ip-10-7-0-{n}", address=f"127.7.0.{n}", slots=4
-        )
-        for n, instance in enumerate(ids)
-    ]
-    await send_messages(aws, cluster.queue_url, joins)
+    nodes = await fleet.launch(3)
+    await fleet.join(*nodes)
     await drain(aws, cluster, slurm.settings)
     # A spot reclaim whose notification was lost; a host deleted by hand; a stray host.
-    await aws.call("ec2", "terminate_instances", InstanceIds=[ids[0]])
-    slurm.scontrol("delete", "NodeName=ip-10-7-0-1")
+    await aws.call("ec2", "terminate_instances", InstanceIds=[nodes[0].instance_id])
+    slurm.scontrol("delete", f"NodeName={nodes[1].hostname}")
     await Slurm(slurm.settings).add_hosts([Host("ip-10-7-9-9", 4, "127.7.9.9")])
 
     with structlog.testing.capture_logs() as records:
         drift = await reconciler(aws, cluster, slurm).tick()
 
     assert drift is not None
-    assert await slurm_hosts(slurm) == {"ip-10-7-0-1": "127.7.0.1", "ip-10-7-0-2": "127.7.0.2"}
-    assert (await rows(aws, cluster))[ids[0]].state is InstanceState.TERMINATED
+    assert await slurm_hosts(slurm) == hosts(*nodes[1:])
+    assert (await rows(aws, cluster))[nodes[0].instance_id].state is InstanceState.TERMINATED
     fixes = sorted(
         (r["event"], r.get("instance_id") or r.get("hostname"))
         for r in records
@@ -197,8 +177,8 @@ async def test_lost_messages_and_a_tampered_scheduler_are_healed_in_one_pass(
     )
     assert fixes == sorted(
         [
-            ("drift_instance_gone", ids[0]),
-            ("drift_host_missing", ids[1]),
+            ("drift_instance_gone", nodes[0].instance_id),
+            ("drift_host_missing", nodes[1].instance_id),
             ("drift_unowned_host_removed", "ip-10-7-9-9"),
         ]
     )

@@ -7,6 +7,7 @@ qmaster. Where work must really run, the host gets a real daemon (slurmd, execd)
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import pytest
 from cfncluster_node import commands
 from cfncluster_node.local.sge import LocalSge
 from cfncluster_node.local.slurm import LocalSlurm
-from cfncluster_node.schedulers import Holdup, Host, HostStatus, Jobs, Scheduler
+from cfncluster_node.schedulers import Holdup, Host, HostsRefused, HostStatus, Jobs, Scheduler
 from tests.conftest import CPUS
 
 
@@ -43,6 +44,12 @@ class Cluster:
     submit: Callable[..., str]
     #: Start a real daemon for a registered host, so its jobs run.
     boot: Callable[[Host], None]
+    #: The head node's name, as the backend knows it.
+    head: str
+    #: Make a host the scheduler has that is not a compute host (a static node).
+    make_static: Callable[[str], None]
+    #: Whether the scheduler still has a host of that name.
+    has: Callable[[str], bool]
 
     async def listed(self) -> dict[str, HostStatus]:
         return {host.hostname: host for host in await self.backend.list_hosts()}
@@ -69,7 +76,23 @@ def cluster(scheduler: Scheduler, request: pytest.FixtureRequest) -> Iterator[Cl
             ]
             return sge.qsub(*options, "-b", "y", "sleep", "600")
 
-        yield Cluster(scheduler, qsub, lambda host: sge.start_execd(host.hostname))
+        def static_exec_host(name: str) -> None:
+            definition = sge.root / f"static-{name}"
+            attributes = ["load_scaling", "complex_values", "user_lists", "xuser_lists"]
+            attributes += ["projects", "xprojects", "usage_scaling", "report_variables"]
+            definition.write_text(
+                f"hostname {name}\n" + "".join(f"{key} NONE\n" for key in attributes)
+            )
+            sge.qconf("-Ae", str(definition))
+
+        yield Cluster(
+            scheduler,
+            qsub,
+            lambda host: sge.start_execd(host.hostname),
+            head=sge.MASTER,
+            make_static=static_exec_host,
+            has=lambda name: name in sge.qconf("-sel").split(),
+        )
         sge.stop_execds()
     else:
         slurm: LocalSlurm = request.getfixturevalue("slurm")
@@ -82,7 +105,20 @@ def cluster(scheduler: Scheduler, request: pytest.FixtureRequest) -> Iterator[Cl
             ]
             return slurm.sbatch(*options, "--wrap", "sleep 600")
 
-        yield Cluster(scheduler, sbatch, lambda host: slurm.start_slurmd(host.hostname, host.slots))
+        def has(name: str) -> bool:
+            return f"NodeName={name} " in slurm.scontrol("-o", "-F", "show", "node")
+
+        yield Cluster(
+            scheduler,
+            sbatch,
+            lambda host: slurm.start_slurmd(host.hostname, host.slots),
+            head=socket.gethostname().split(".")[0].lower(),
+            # A node without the compute feature, as slurm.conf's own nodes are.
+            make_static=lambda name: slurm.scontrol(
+                "create", f"NodeName={name} CPUs=2 State=FUTURE"
+            ),
+            has=has,
+        )
         slurm.stop_slurmds()
 
 
@@ -237,3 +273,28 @@ async def test_removing_a_busy_host_puts_its_job_back_in_the_queue(cluster: Clus
         "requeued",
         lambda jobs: jobs.running == 0 and [pending.job_id for pending in jobs.pending] == [job],
     )
+
+
+async def test_hosts_that_are_not_compute_hosts_are_refused_by_name_and_left_alone(
+    cluster: Cluster,
+) -> None:
+    static = "ip-10-3-0-200"
+    cluster.make_static(static)
+    [compute] = hosts(1)
+    backend = cluster.backend
+
+    for name in (static, cluster.head):
+        attempts = [
+            backend.add_hosts([compute, Host(name, 2, "127.3.0.200")]),
+            backend.remove_hosts([name]),
+            backend.drain_hosts([name], "forged"),
+            backend.resume_hosts([name]),
+        ]
+        for attempt in attempts:
+            with pytest.raises(HostsRefused) as refused:
+                await attempt
+            assert list(refused.value.refused) == [name]
+
+    # Nothing of a refused batch was done: not even its compute host was added.
+    assert await cluster.listed() == {}
+    assert cluster.has(static)

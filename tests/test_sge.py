@@ -38,6 +38,7 @@ from cfncluster_node.schedulers.sge import (
     pending_jobs,
     track_idle,
 )
+from tests.clusters import node_toml
 
 HOSTS = ["ip-10-1-0-10", "ip-10-1-0-11"]
 INSTANCES = [f"all.q@{host}" for host in HOSTS]
@@ -396,10 +397,12 @@ def test_hostnames_are_kept_in_order_once_each() -> None:
 
 def test_the_sge_section_configures_the_backend() -> None:
     loaded: config.Config = config.parse(
-        '[cluster]\nstack_name = "c"\nregion = "us-east-1"\ntable = "c-instances"\n'
-        'scheduler = "sge"\n[sqswatcher]\nqueue = "q"\n'
-        '[sge]\nroot = "/opt/sge"\nqueue = "compute.q"\nhost_group = "@compute"\n'
-        'wrapper = ["nsenter", "-t", "1", "-m"]\n',
+        node_toml(
+            stack="c",
+            cluster='scheduler = "sge"\n',
+            after='[sge]\nroot = "/opt/sge"\nqueue = "compute.q"\nhost_group = "@compute"\n'
+            'wrapper = ["nsenter", "-t", "1", "-m"]\n',
+        ),
         source="node.toml",
     )
 
@@ -412,8 +415,7 @@ def test_the_sge_section_configures_the_backend() -> None:
 def test_a_host_group_must_be_named_as_sge_names_them() -> None:
     with pytest.raises(config.ConfigError, match=r"sge\.host_group"):
         config.parse(
-            '[cluster]\nstack_name = "c"\nregion = "us-east-1"\ntable = "t-1"\n'
-            '[sqswatcher]\nqueue = "q"\n[sge]\nhost_group = "allhosts"\n',
+            node_toml(stack="c", after='[sge]\nhost_group = "allhosts"\n'),
             source="node.toml",
         )
 

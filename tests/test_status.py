@@ -12,18 +12,17 @@ from pathlib import Path
 from rich.console import Console
 
 from cfncluster_node.aws import Aws
-from cfncluster_node.local.cloud import ClusterResources, MotoServer, send_messages
+from cfncluster_node.local.cloud import ClusterResources, Instances, MotoServer
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node.drift import Drift, Instance, Observation
 from cfncluster_node.node.fleet import Member
 from cfncluster_node.node.lifecycle import Hostnames
-from cfncluster_node.node.messages import compute_notice
 from cfncluster_node.node.records import InstanceRecord, InstanceState
 from cfncluster_node.node.status import FleetRow, fleet_rows, services_table
-from cfncluster_node.protocol import READY_EVENT
 from cfncluster_node.schedulers import Host, HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
-from tests.test_reconciler import launch
+from tests.clusters import node_toml
+from tests.conftest import GROUP
 from tests.test_sqswatcher import drain
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -63,27 +62,34 @@ def test_each_instance_shows_its_three_views_and_stray_hosts_follow() -> None:
 
 
 async def test_status_json_marks_the_drift_on_real_parts(
-    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, moto: MotoServer, tmp_path: Path
+    aws: Aws,
+    cluster: ClusterResources,
+    slurm: LocalSlurm,
+    moto: MotoServer,
+    fleet: Instances,
+    tmp_path: Path,
 ) -> None:
-    ids = await launch(aws, 2)
-    await send_messages(
-        aws,
-        cluster.queue_url,
-        [
-            compute_notice(READY_EVENT, i, NOW, hostname=f"ip-10-8-0-{n}", address=f"127.8.0.{n}")
-            for n, i in enumerate(ids)
-        ],
-    )
+    nodes = await fleet.launch(2)
+    await fleet.join(*nodes)
     await drain(aws, cluster, slurm.settings)
-    await aws.call("ec2", "terminate_instances", InstanceIds=[ids[0]])
+    # Gone without its notification (the group does not replace it).
+    await aws.call(
+        "autoscaling",
+        "terminate_instance_in_auto_scaling_group",
+        InstanceId=nodes[0].instance_id,
+        ShouldDecrementDesiredCapacity=True,
+    )
     await Slurm(slurm.settings).add_hosts([Host("ip-10-8-9-9", 2, "127.8.9.9")])
     health = tmp_path / "health.json"
     health.write_text('{"reconciler": {"state": "running", "last_success": null}}')
     config = tmp_path / "node.toml"
     config.write_text(
-        f'[cluster]\nstack_name = "t"\nregion = "us-east-1"\ntable = "{cluster.table}"\n'
-        f'[sqswatcher]\nqueue = "{cluster.queue_url}"\n[slurm]\nconf = "{slurm.conf}"\n'
-        f'[supervisor]\nhealth_file = "{health}"\n'
+        node_toml(
+            cluster,
+            stack="t",
+            group=GROUP,
+            after=f'[slurm]\nconf = "{slurm.conf}"\n[supervisor]\nhealth_file = "{health}"\n',
+        )
     )
 
     process = await asyncio.create_subprocess_exec(
@@ -105,8 +111,8 @@ async def test_status_json_marks_the_drift_on_real_parts(
     assert report["services"] == {"reconciler": {"state": "running", "last_success": None}}
     shown = {(r["instance_id"], r["hostname"]): (r["ec2"], r["drift"]) for r in report["fleet"]}
     assert shown == {
-        (ids[0], "ip-10-8-0-0"): ("terminated", "instance_gone"),
-        (ids[1], "ip-10-8-0-1"): ("running", None),
+        (nodes[0].instance_id, nodes[0].hostname): ("terminated", "instance_gone"),
+        (nodes[1].instance_id, nodes[1].hostname): ("running", None),
         (None, "ip-10-8-9-9"): (None, "unowned_host"),
     }
 

@@ -34,6 +34,7 @@ from cfncluster_node.storage.plan import (
     plan_volume,
 )
 from cfncluster_node.storage.setup import set_up_scratch, set_up_volume
+from tests.clusters import node_toml
 
 SHARED = Volume("/dev/loop9", "/shared")
 
@@ -187,11 +188,12 @@ def cfncluster_node(*args: str) -> subprocess.CompletedProcess[str]:
 
 def storage_config(path: Path, device: str, mount_point: Path, fstab: Path) -> Path:
     path.write_text(
-        '[cluster]\nstack_name = "s"\nregion = "us-east-1"\ntable = "rows"\n'
-        '[sqswatcher]\nqueue = "q"\n'
-        f'[storage]\nfstab = "{fstab}"\n'
-        f'[[storage.shared]]\ndevice = "{device}"\nmount_point = "{mount_point}"\n'
-        '[logging]\nformat = "json"\n'
+        node_toml(
+            stack="s",
+            after=f'[storage]\nfstab = "{fstab}"\n'
+            f'[[storage.shared]]\ndevice = "{device}"\nmount_point = "{mount_point}"\n'
+            '[logging]\nformat = "json"\n',
+        )
     )
     return path
 

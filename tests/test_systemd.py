@@ -23,6 +23,8 @@ from cfncluster_node import logs
 from cfncluster_node.local.cloud import ClusterResources, MotoServer
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node import sdnotify
+from tests.clusters import node_toml
+from tests.conftest import GROUP
 
 UNITS = Path(__file__).parent.parent / "systemd"
 
@@ -133,11 +135,14 @@ def test_the_service_tells_systemd_ready_status_watchdog_and_stopping(
 ) -> None:
     config = tmp_path / "node.toml"
     config.write_text(
-        f'[cluster]\nstack_name = "test"\nregion = "us-east-1"\ntable = "{cluster.table}"\n'
-        f'[sqswatcher]\nqueue = "{cluster.queue_url}"\n'
-        f'[slurm]\nconf = "{slurm.conf}"\n'
-        '[supervisor]\nservices = ["sqswatcher", "publisher"]\n'
-        f'health_file = "{tmp_path / "health.json"}"\n'
+        node_toml(
+            cluster,
+            stack="test",
+            group=GROUP,
+            after=f'[slurm]\nconf = "{slurm.conf}"\n'
+            '[supervisor]\nservices = ["sqswatcher", "publisher"]\n'
+            f'health_file = "{tmp_path / "health.json"}"\n',
+        )
     )
     with listener(tmp_path / "notify") as sock:
         process = subprocess.Popen(

@@ -169,6 +169,8 @@ def node_config(cluster: ClusterConfig) -> Config:
         "${AWS::Region}": "us-east-1",
         "${InstanceTable}": "c1-instances",
         "${Queue}": "https://sqs.us-east-1.amazonaws.com/123456789012/c1-queue",
+        "${Topic}": "arn:aws:sns:us-east-1:123456789012:c1-events",
+        "${ComputeRole.RoleId}": "AROAEXAMPLEROLEID0001",
         "${SharedVolume}": "vol-0123456789abcdef0",
         "${MungeKey}": "arn:aws:secretsmanager:us-east-1:123456789012:secret:c1-munge-key-AbCdEf",
     }.items():
@@ -184,6 +186,9 @@ def test_the_head_node_config_names_the_stacks_resources() -> None:
     assert settings.cluster.signal_resource == template.HEAD_NODE
     assert settings.cluster.max_size is None  # read from the group: resizing is no change here
     assert settings.sqswatcher.queue.endswith("/c1-queue")
+    # Who may send on the queue: the stack's topic, and the compute role's sessions.
+    assert settings.sqswatcher.topic_arn.endswith(":c1-events")
+    assert settings.sqswatcher.compute_role_id == "AROAEXAMPLEROLEID0001"
     assert settings.supervisor.services == ["sqswatcher", "publisher", "reconciler", "scalein"]
     [shared] = settings.storage.shared
     assert (shared.volume_id, shared.device) == ("vol-0123456789abcdef0", template.SHARED_DEVICE)

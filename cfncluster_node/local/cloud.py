@@ -7,7 +7,9 @@ GIL), and the clients reach it through the SDK's ``AWS_ENDPOINT_URL``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import socket
@@ -15,15 +17,19 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Self
 
-from aiohttp import web
+from aiohttp import ClientSession, web
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from cfncluster_node.aws import Aws
-from cfncluster_node.protocol import table_definition
+from cfncluster_node.node.messages import compute_notice
+from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT, table_definition
 
 ACCOUNT = "123456789012"
 CREDENTIALS = {
@@ -141,12 +147,25 @@ class ClusterResources:
     dead_letter_url: str
     topic_arn: str
     table: str
+    #: The role compute nodes send as, each from a session named after its instance.
+    compute_role_arn: str
+    compute_role_id: str
+
+    def watcher_settings(self, **settings: Any) -> dict[str, Any]:
+        """The ``[sqswatcher]`` keys that name this cluster's queue and senders."""
+        return {
+            "queue": self.queue_url,
+            "topic_arn": self.topic_arn,
+            "compute_role_id": self.compute_role_id,
+            **settings,
+        }
 
 
 async def create_cluster_resources(
     aws: Aws, name: str, *, max_receives: int = 5
 ) -> ClusterResources:
-    """The queue (with its dead-letter queue), topic and table a cluster stack creates."""
+    """The queue (with its dead-letter queue), topic, table and compute role a cluster stack
+    creates."""
     dead_letter_url = (await aws.call("sqs", "create_queue", QueueName=f"{name}-dlq"))["QueueUrl"]
     dead_letter_arn = await _queue_arn(aws, dead_letter_url)
     redrive = {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": str(max_receives)}
@@ -162,7 +181,33 @@ async def create_cluster_resources(
     topic_arn = (await aws.call("sns", "create_topic", Name=f"{name}-events"))["TopicArn"]
     await aws.call("sns", "subscribe", TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
     await aws.call("dynamodb", "create_table", **table_definition(f"{name}-instances"))
-    return ClusterResources(queue_url, queue_arn, dead_letter_url, topic_arn, f"{name}-instances")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "ec2.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role = (
+        await aws.call(
+            "iam",
+            "create_role",
+            RoleName=f"{name}-compute",
+            AssumeRolePolicyDocument=json.dumps(trust),
+        )
+    )["Role"]
+    return ClusterResources(
+        queue_url,
+        queue_arn,
+        dead_letter_url,
+        topic_arn,
+        f"{name}-instances",
+        role["Arn"],
+        role["RoleId"],
+    )
 
 
 async def _queue_arn(aws: Aws, url: str) -> str:
@@ -221,12 +266,27 @@ async def publish_autoscaling(
 
 
 async def send_messages(aws: Aws, queue_url: str, bodies: list[str]) -> None:
-    """Send bodies to the queue, ten to a call, as compute nodes (or a test) would."""
+    """Send bodies to the queue, ten to a call, with ``aws``'s credentials: the
+    operator's, whom the head node believes no compute event from."""
     for start in range(0, len(bodies), 10):
         entries = [
             {"Id": str(i), "MessageBody": body} for i, body in enumerate(bodies[start : start + 10])
         ]
         await aws.call("sqs", "send_message_batch", QueueUrl=queue_url, Entries=entries)
+
+
+async def instance_credentials(aws: Aws, role_arn: str, instance_id: str) -> dict[str, str]:
+    """What EC2 gives an instance of ``role_arn``, as the SDK's environment variables: a
+    session of the role named after the instance, as SQS will report its sender."""
+    found = await aws.call(
+        "sts", "assume_role", RoleArn=role_arn, RoleSessionName=instance_id, DurationSeconds=3600
+    )
+    credentials = found["Credentials"]
+    return {
+        "AWS_ACCESS_KEY_ID": credentials["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": credentials["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": credentials["SessionToken"],
+    }
 
 
 async def queue_depth(aws: Aws, url: str) -> int:
@@ -240,10 +300,32 @@ async def queue_depth(aws: Aws, url: str) -> int:
     return sum(int(value) for value in response["Attributes"].values())
 
 
+# Where the tests' compute groups launch: a VPC on loopback, so that the address EC2 gives
+# an instance is one this machine can serve (a slurmd's), and the join that names it can
+# be checked against EC2 as the head node checks every join.
+LOOPBACK_VPC = "127.8.0.0/16"
+
+
+async def loopback_subnet(aws: Aws) -> str:
+    """The loopback VPC's subnet, made on first use."""
+    found = await aws.call(
+        "ec2", "describe_subnets", Filters=[{"Name": "cidr-block", "Values": [LOOPBACK_VPC]}]
+    )
+    if found["Subnets"]:
+        return str(found["Subnets"][0]["SubnetId"])
+    vpc = (await aws.call("ec2", "create_vpc", CidrBlock=LOOPBACK_VPC))["Vpc"]["VpcId"]
+    subnet = await aws.call(
+        "ec2", "create_subnet", VpcId=vpc, CidrBlock=LOOPBACK_VPC, AvailabilityZone="us-east-1a"
+    )
+    return str(subnet["Subnet"]["SubnetId"])
+
+
 async def create_compute_group(
     aws: Aws, name: str, *, desired: int, max_size: int, min_size: int = 0
 ) -> None:
-    """A compute Auto Scaling group, as the stack's; moto launches its instances at once."""
+    """A compute Auto Scaling group, as the stack's, in the loopback VPC; moto launches its
+    instances at once."""
+    subnet = await loopback_subnet(aws)
     await aws.call(
         "autoscaling",
         "create_launch_configuration",
@@ -259,5 +341,155 @@ async def create_compute_group(
         MinSize=min_size,
         MaxSize=max_size,
         DesiredCapacity=desired,
-        AvailabilityZones=["us-east-1a"],
+        VPCZoneIdentifier=subnet,
     )
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance of a compute group, as EC2 describes it."""
+
+    instance_id: str
+    hostname: str  # short, as the scheduler names it
+    address: str
+    instance_type: str
+
+    def notice(self, event: str = READY_EVENT, *, slots: int | None = 4, **claims: str) -> str:
+        """What this instance's node sends: its own facts, unless ``claims`` (hostname,
+        address) say otherwise, as a hostile one would."""
+        return compute_notice(
+            event,
+            self.instance_id,
+            datetime.now(UTC),
+            hostname=f"{claims.get('hostname', self.hostname)}.ec2.internal",
+            address=claims.get("address", self.address),
+            slots=slots,
+            instance_type=self.instance_type,
+        )
+
+
+def member(instance: dict[str, Any]) -> Member:
+    return Member(
+        instance["InstanceId"],
+        instance["PrivateDnsName"].split(".")[0],
+        instance["PrivateIpAddress"],
+        instance["InstanceType"],
+    )
+
+
+class Instances:
+    """A compute group's instances, played as EC2 would run them: launched by the group,
+    and each sending with its own role session (what a job on it could send, too).
+
+    A real node's SDK signs its requests with its own credentials; so does this, for a
+    thousand nodes at once: each SendMessageBatch is signed (SigV4) with the instance's
+    credentials and posted on one shared connection pool, since an SDK client apiece
+    would cost the benchmarks 50 ms of CPU per node. ``async with``: the pool's life.
+    """
+
+    def __init__(self, aws: Aws, *, group: str, queue_url: str, role_arn: str) -> None:
+        self._aws = aws
+        self.group = group
+        self._queue_url = queue_url
+        self._role_arn = role_arn
+        self._credentials: dict[str, dict[str, str]] = {}
+        self._http: ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._http = ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def launch(self, count: int) -> list[Member]:
+        """``count`` more instances of the group, in the order of their addresses."""
+        found = await self._aws.call(
+            "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[self.group]
+        )
+        [described] = found["AutoScalingGroups"]
+        before = {i["InstanceId"] for i in described["Instances"]}
+        await self._aws.call(
+            "autoscaling",
+            "set_desired_capacity",
+            AutoScalingGroupName=self.group,
+            DesiredCapacity=described["DesiredCapacity"] + count,
+        )
+        found = await self._aws.call(
+            "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[self.group]
+        )
+        new = {i["InstanceId"] for i in found["AutoScalingGroups"][0]["Instances"]} - before
+        launched = await self.describe(new)
+        return sorted(launched, key=lambda m: ipaddress.ip_address(m.address))
+
+    async def describe(self, instance_ids: Iterable[str]) -> list[Member]:
+        ids = sorted(instance_ids)
+        members: list[Member] = []
+        for start in range(0, len(ids), 200):
+            found = await self._aws.call(
+                "ec2", "describe_instances", InstanceIds=ids[start : start + 200]
+            )
+            members += [member(i) for r in found["Reservations"] for i in r["Instances"]]
+        return members
+
+    async def credentials(self, instance_id: str) -> dict[str, str]:
+        """The instance's role credentials, as its metadata service serves them."""
+        if instance_id not in self._credentials:
+            self._credentials[instance_id] = await instance_credentials(
+                self._aws, self._role_arn, instance_id
+            )
+        return self._credentials[instance_id]
+
+    async def send(
+        self, instance_id: str, bodies: Sequence[str], *, queue_url: str | None = None
+    ) -> None:
+        """Send bodies as ``instance_id`` (whatever instance they name), ten to a call, to
+        the cluster's queue or ``queue_url``."""
+        assert self._http is not None, "Instances is used with async with"
+        credentials = await self.credentials(instance_id)
+        region = os.environ.get("AWS_DEFAULT_REGION", "us-east-1")
+        signer = SigV4Auth(
+            Credentials(
+                credentials["AWS_ACCESS_KEY_ID"],
+                credentials["AWS_SECRET_ACCESS_KEY"],
+                credentials["AWS_SESSION_TOKEN"],
+            ),
+            "sqs",
+            region,
+        )
+        endpoint = os.environ.get("AWS_ENDPOINT_URL", f"https://sqs.{region}.amazonaws.com")
+        for start in range(0, len(bodies), 10):
+            chunk = bodies[start : start + 10]
+            payload = json.dumps(
+                {
+                    "QueueUrl": queue_url or self._queue_url,
+                    "Entries": [{"Id": str(i), "MessageBody": b} for i, b in enumerate(chunk)],
+                }
+            )
+            request = AWSRequest(
+                method="POST",
+                url=endpoint,
+                data=payload,
+                headers={
+                    "Content-Type": "application/x-amz-json-1.0",
+                    "X-Amz-Target": "AmazonSQS.SendMessageBatch",
+                },
+            )
+            signer.add_auth(request)
+            async with self._http.post(
+                endpoint, data=payload, headers=dict(request.headers.items())
+            ) as response:
+                answer = await response.json(content_type=None)
+                if response.status != 200 or answer.get("Failed"):
+                    raise RuntimeError(f"{instance_id} could not send: {answer}")
+
+    async def join(self, *members: Member, slots: int = 4) -> None:
+        """Each member's own join, sent as itself."""
+        await asyncio.gather(*(self.send(m.instance_id, [m.notice(slots=slots)]) for m in members))
+
+    async def leave(self, *members: Member) -> None:
+        await asyncio.gather(
+            *(self.send(m.instance_id, [m.notice(LEAVE_EVENT, slots=None)]) for m in members)
+        )

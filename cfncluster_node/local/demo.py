@@ -111,16 +111,26 @@ class Summary:
 
 
 async def demo_cluster(aws: Aws, scenario: Scenario) -> ClusterConfig:
-    """The cluster an operator would write, in moto's default VPC."""
-    subnet = (await aws.call("ec2", "describe_subnets"))["Subnets"][0]
+    """The cluster an operator would write, in a VPC whose instances' addresses are those
+    of the compute nodes' network on this machine."""
+    vpc = (await aws.call("ec2", "create_vpc", CidrBlock=ComputeNodes.NETWORK))["Vpc"]["VpcId"]
+    subnet = (
+        await aws.call(
+            "ec2",
+            "create_subnet",
+            VpcId=vpc,
+            CidrBlock=ComputeNodes.SUBNET,
+            AvailabilityZone=f"{REGION}a",
+        )
+    )["Subnet"]
     return ClusterConfig.model_validate(
         {
             "cluster": {"region": REGION},
             "network": {
-                "vpc_id": subnet["VpcId"],
+                "vpc_id": vpc,
                 "subnet_id": subnet["SubnetId"],
                 "availability_zone": subnet["AvailabilityZone"],
-                "vpc_cidr": "172.31.0.0/16",
+                "vpc_cidr": ComputeNodes.NETWORK,
             },
             "head_node": {"image_id": "ami-12c6146b"},
             "compute": {"image_id": "ami-12c6146b", "max_size": scenario.max_size},

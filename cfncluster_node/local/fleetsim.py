@@ -7,8 +7,9 @@
   minute lasts ``period_s``.
 - ``Fleet``: instances moto's group launches or terminates become Auto Scaling's
   notifications to the stack's topic and, for launches, compute nodes that boot (a
-  network namespace with a real slurmd, ``local.slurm.ComputeNodes``) and announce
-  themselves to the queue, as the compute AMI's unit does.
+  network namespace holding the instance's own address, with a real slurmd,
+  ``local.slurm.ComputeNodes``) and announce themselves to the queue as the compute AMI's
+  unit does, with their instance's role session.
 """
 
 from __future__ import annotations
@@ -22,11 +23,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cfncluster_node.aws import Aws
-from cfncluster_node.local.cloud import publish_autoscaling, send_messages
+from cfncluster_node.local.cloud import Instances, Member, publish_autoscaling, send_messages
 from cfncluster_node.local.slurm import ComputeNodes
 from cfncluster_node.node import group
-from cfncluster_node.node.messages import compute_notice
-from cfncluster_node.protocol import READY_EVENT
 from cfncluster_node.schedulers import Scheduler
 
 _BOOT_POLLS = 600  # two minutes for the head node to register a booting node
@@ -168,10 +167,21 @@ class Alarms:
 
 @dataclass
 class Node:
-    index: int
-    instance_id: str
-    hostname: str
-    address: str
+    """A booting or booted compute node: its instance as EC2 describes it."""
+
+    member: Member
+
+    @property
+    def instance_id(self) -> str:
+        return self.member.instance_id
+
+    @property
+    def hostname(self) -> str:
+        return self.member.hostname
+
+    @property
+    def address(self) -> str:
+        return self.member.address
 
 
 class Fleet:
@@ -191,30 +201,36 @@ class Fleet:
         self._group = outputs["ComputeGroup"]
         self._topic = outputs["TopicArn"]
         self._queue = outputs["QueueUrl"]
+        self._instances = Instances(
+            aws, group=self._group, queue_url=self._queue, role_arn=outputs["ComputeRoleArn"]
+        )
         self._nodes = nodes
         self._scheduler = scheduler
         self._journal = journal
         self._cpus = cpus
         self.running: dict[str, Node] = {}
         self.peak = 0
-        self._launched = 0
         self._boots: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        while True:
-            members = set((await group.describe(self._aws, self._group)).members)
-            for instance_id in sorted(members - set(self.running)):
-                await self._launch(instance_id)
-            for instance_id in sorted(set(self.running) - members):
-                await self._terminate(instance_id)
-            self.peak = max(self.peak, len(self.running))
-            await asyncio.sleep(0.5)
+        async with self._instances:
+            try:
+                while True:
+                    members = set((await group.describe(self._aws, self._group)).members)
+                    for instance_id in sorted(members - set(self.running)):
+                        await self._launch(instance_id)
+                    for instance_id in sorted(set(self.running) - members):
+                        await self._terminate(instance_id)
+                    self.peak = max(self.peak, len(self.running))
+                    await asyncio.sleep(0.5)
+            finally:
+                for boot in list(self._boots):
+                    boot.cancel()
 
     async def _launch(self, instance_id: str) -> None:
-        n = self._launched
-        self._launched += 1
-        address = ComputeNodes.address(n)
-        node = Node(n, instance_id, f"ip-{address.replace('.', '-')}", address)
+        # The node boots at the address EC2 gave the instance, under the name it implies.
+        [member] = await self._instances.describe([instance_id])
+        node = Node(member)
         self.running[instance_id] = node
         await publish_autoscaling(self._aws, self._topic, LAUNCH, instance_id)
         self._journal.note("launched", f"{instance_id} launched: {node.hostname} boots")
@@ -223,17 +239,8 @@ class Fleet:
         boot.add_done_callback(self._boots.discard)
 
     async def _boot(self, node: Node) -> None:
-        """The compute node's own start: announce ready, then its slurmd joins Slurm."""
-        join = compute_notice(
-            READY_EVENT,
-            node.instance_id,
-            datetime.now(UTC),
-            hostname=f"{node.hostname}.ec2.internal",
-            address=node.address,
-            slots=self._cpus,
-            instance_type="c5.large",
-        )
-        await send_messages(self._aws, self._queue, [join])
+        """The compute node's own start: announce ready, as itself, then its slurmd joins."""
+        await self._instances.join(node.member, slots=self._cpus)
         for _ in range(_BOOT_POLLS):
             if node.instance_id not in self.running:
                 return  # terminated while it booted

@@ -9,9 +9,12 @@ defects of moto's SQS (checked in 5.2.5) that real SQS does not have:
    queue attribute, counts included. A receive of 10 costs ~30 ms with nothing in
    flight, ~145 ms with 100, ~1 s with 800. A consumer that deletes a message only once
    it has been applied (as it must) keeps messages in flight, so moto's CPU runs away.
-   ``send_message`` builds them too (to read ``ContentBasedDeduplication``), once per
-   message sent; that is left, but made ~10 times cheaper: every count reads the clock
-   twice per message through datetime arithmetic, where ``time.time()`` is the same.
+   ``send_message`` builds them too, once per message sent, only to read
+   ``ContentBasedDeduplication``, which a standard queue does not have: a send to a
+   dead-letter queue holding a flood's 10,000 messages took ~1 s. Here a send finds
+   a standard queue's attributes empty, and every other caller gets them all, their
+   counts ~10 times cheaper (each read the clock twice per message through datetime
+   arithmetic, where ``time.time()`` is the same).
 2. ``Queue.delete_message`` rebuilds the message list without the queue's lock, while
    ``add_message`` appends under it: a send during a delete can be lost, and two
    concurrent deletes can bring a deleted message back (it reappears after its
@@ -36,6 +39,19 @@ cluster's munge key:
 5. ``_StackSecret`` creates the secret in moto's Secrets Manager, from its
    ``SecretString`` or its ``GenerateSecretString``, and deletes it with its stack (at
    once, as a stack deletion without a recovery window does).
+
+and because moto's SQS gives every message the same ``SenderId``, the one AWS gives what
+SNS delivers, while the head node trusts a message by its sender (node/trust.py):
+
+6. A message sent through the SQS API carries its caller's id, as AWS reports it: an IAM
+   user's id, or ``<role id>:<session name>`` for assumed-role credentials (an
+   instance's role session is named after the instance). What SNS delivers keeps moto's
+   default, which is SNS's.
+
+and because moto's EC2 never frees a terminated instance's private address, while EC2
+gives it to the next instance, the case the head node's hostname ownership is built for:
+
+7. ``Instance.terminate`` releases the instance's private addresses in its subnet.
 """
 
 from __future__ import annotations
@@ -57,10 +73,14 @@ from moto.cloudformation.responses import CloudFormationResponse
 from moto.core import utils
 from moto.core.common_models import CloudFormationModel
 from moto.core.responses import EmptyResult
+from moto.ec2.models.instances import Instance
 from moto.secretsmanager.models import secretsmanager_backends
 from moto.server import main
 from moto.sqs import models
-from moto.sqs.models import Message, Queue, SQSBackend
+from moto.sqs.models import DEFAULT_SENDER_ID, Message, Queue, SQSBackend
+from moto.sqs.responses import SQSResponse
+from moto.sts.models import sts_backends
+from moto.utilities.utils import get_partition
 
 
 def _unix_time(dt: Any = None) -> float:
@@ -75,6 +95,28 @@ def _retained(self: SQSBackend, queue_name: str, message: Message) -> bool:
     queue: Any = self.get_queue(queue_name)
     sent_ms: Any = message.sent_timestamp
     return bool(int(queue.message_retention_period) + sent_ms / 1000 > time.time())
+
+
+def _sending(send: Any) -> Any:
+    @functools.wraps(send)
+    def wrapper(self: SQSBackend, *args: Any, **kwargs: Any) -> Any:
+        _caller.sending = True
+        try:
+            return send(self, *args, **kwargs)
+        finally:
+            _caller.sending = False
+
+    return wrapper
+
+
+def _attributes(built: Any) -> property:
+    def attributes(self: Queue) -> dict[str, Any]:
+        if getattr(_caller, "sending", False) and not self.fifo_queue:
+            return {}  # all a send reads is ContentBasedDeduplication, FIFO queues' alone
+        attributes: dict[str, Any] = built(self)
+        return attributes
+
+    return property(attributes)
 
 
 def _locked_receive(receive: Any) -> Any:
@@ -281,6 +323,47 @@ def _signal_resource(self: CloudFormationResponse) -> EmptyResult:
     return EmptyResult()
 
 
+# The caller of the SQS request this thread serves (moto's server runs one per request);
+# unset while SNS delivers, which sends to the queue from its own request.
+_caller = threading.local()
+
+
+def _sent_by_caller(send: Any) -> Any:
+    @functools.wraps(send)
+    def wrapper(self: SQSResponse) -> Any:
+        partition = get_partition(self.region)
+        sts = sts_backends[self.current_account][partition]
+        _caller.sender_id = sts.get_caller_identity(self.get_access_key(), self.region)[0]
+        try:
+            return send(self)
+        finally:
+            _caller.sender_id = None
+
+    return wrapper
+
+
+def _with_sender(init: Any) -> Any:
+    @functools.wraps(init)
+    def wrapper(self: Message, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.sender_id = getattr(_caller, "sender_id", None) or DEFAULT_SENDER_ID
+
+    return wrapper
+
+
+def _releasing_addresses(terminate: Any) -> Any:
+    @functools.wraps(terminate)
+    def wrapper(self: Instance) -> Any:
+        state = terminate(self)
+        if self.subnet_id:
+            subnet = self.ec2_backend.get_subnet(self.subnet_id)
+            for address in self._private_ips:
+                subnet.del_subnet_ip(address)
+        return state
+
+    return wrapper
+
+
 class _StackSecret(CloudFormationModel):
     """AWS::SecretsManager::Secret: its Ref is the secret's ARN, as on AWS."""
 
@@ -387,6 +470,8 @@ def apply() -> None:
         (models, "unix_time_millis"),
         (SQSBackend, "is_message_valid_based_on_retention_period"),
         (SQSBackend, "receive_message"),
+        (SQSBackend, "send_message"),
+        (Queue, "attributes"),
         (Queue, "delete_message"),
         (Stack, "create_resources"),
         (Stack, "mark_creation_complete"),
@@ -395,6 +480,9 @@ def apply() -> None:
         (CloudFormationBackend, "describe_stacks"),
         (CloudFormationBackend, "describe_stack_events"),
         (CloudFormationResponse, "create_stack"),
+        (Instance, "terminate"),
+        (SQSResponse, "send_message"),
+        (SQSResponse, "send_message_batch"),
     )
     for owner, name in internals:
         if not hasattr(owner, name):
@@ -405,6 +493,8 @@ def apply() -> None:
     models.unix_time_millis = _unix_time_millis  # type: ignore[attr-defined]
     SQSBackend.is_message_valid_based_on_retention_period = _retained  # type: ignore[method-assign]
     SQSBackend.receive_message = _locked_receive(SQSBackend.receive_message)  # type: ignore[method-assign]
+    SQSBackend.send_message = _sending(SQSBackend.send_message)  # type: ignore[method-assign]
+    Queue.attributes = _attributes(Queue.__dict__["attributes"].fget)  # type: ignore[method-assign,assignment]
     Queue.delete_message = _locked_delete(Queue.delete_message)  # type: ignore[method-assign]
     Stack.create_resources = _awaiting_signals(Stack.create_resources)  # type: ignore[method-assign]
     Stack.mark_creation_complete = _complete_once_signaled(Stack.mark_creation_complete)  # type: ignore[method-assign]
@@ -413,6 +503,10 @@ def apply() -> None:
     backend.describe_stack_events = _expiring(backend.describe_stack_events)  # type: ignore[method-assign]
     response.create_stack = _recording_on_failure(response.create_stack)  # type: ignore[method-assign]
     response.signal_resource = _signal_resource  # type: ignore[attr-defined]
+    SQSResponse.send_message = _sent_by_caller(SQSResponse.send_message)  # type: ignore[method-assign]
+    SQSResponse.send_message_batch = _sent_by_caller(SQSResponse.send_message_batch)  # type: ignore[method-assign]
+    Message.__init__ = _with_sender(Message.__init__)  # type: ignore[method-assign]
+    Instance.terminate = _releasing_addresses(Instance.terminate)  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

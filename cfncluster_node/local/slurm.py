@@ -246,6 +246,10 @@ class ComputeNodes:
     """
 
     BRIDGE = "cfnbr0"
+    # The nodes' network: the demo's VPC in moto, so that each node's namespace holds the
+    # address EC2 gave its instance (from the subnet) and slurmctld is the bridge's.
+    NETWORK = "172.30.0.0/16"
+    SUBNET = "172.30.16.0/20"
     GATEWAY = "172.30.0.1"
     _PREFIX = 16
 
@@ -254,10 +258,6 @@ class ComputeNodes:
         self._conf = slurm.root / "compute-slurm.conf"
         self._nodes: dict[str, tuple[int, subprocess.Popen[bytes]]] = {}
         self._next = 0
-
-    @staticmethod
-    def address(n: int) -> str:
-        return f"172.30.{1 + n // 250}.{n % 250 + 1}"
 
     def open(self) -> None:
         if shutil.which("ip") is None or shutil.which("nsenter") is None:

@@ -163,9 +163,8 @@ async def head_facts(settings: Config, aws: Aws) -> HeadFacts:
         raise BootstrapError(f"this head node's address: {exc}") from None
     if "local-ipv4" not in found:
         raise BootstrapError("this head node's address: the metadata has no local-ipv4")
-    name = settings.cluster.compute_group
-    members = await group.describe(aws, name) if name else None
-    ceiling = members.max_size if members is not None and members.max_size > 0 else None
+    members = await group.describe(aws, settings.cluster.compute_group)
+    ceiling = members.max_size if members.max_size > 0 else None
     return HeadFacts(
         # slurmctld runs only where its own hostname is SlurmctldHost.
         hostname=socket.gethostname().split(".")[0],

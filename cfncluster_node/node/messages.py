@@ -1,9 +1,12 @@
 """What arrives on the cluster's SQS queue, parsed and validated (docs/protocol.md).
 
-Pure functions: a message body in, an ``InstanceEvent`` (or a reason to drop it) out.
-Every id, hostname, address and number is validated here, before it can reach a
-scheduler command line. A body that can never be understood raises ``MessageError``; the
-watcher sends it to the dead-letter queue.
+Pure functions: a message body in, an ``InstanceEvent`` (or a reason to drop it) out, with
+the topic its SNS envelope names. Every id, hostname, address and number is validated
+here, before it can reach a scheduler command line. A body that can never be understood
+raises ``MessageError``; the watcher sends it to the dead-letter queue.
+
+This is what a body *says*. Whether its sender may say it (the SQS ``SenderId``) and
+whether EC2 agrees (the instance, its group, its name) is ``trust``'s to decide.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ class InstanceEvent:
     instance_type: str | None = None
 
 
+#: What a compute node sends; everything else on the queue is Auto Scaling's.
+COMPUTE_EVENTS = frozenset({EventKind.READY, EventKind.LEAVE})
+# An event name is logged; a longer one is cut, as a hostile body may be 256 KiB long.
+_NAME_MAX = 80
+
+
 @dataclass(frozen=True)
 class Dropped:
     """A well-formed message that asks for nothing: a TEST notification, an unknown event,
@@ -67,15 +76,43 @@ class Dropped:
     detail: str | None = None
 
 
-def parse(body: str, sent_at: datetime) -> InstanceEvent | Dropped:
-    """Parse one SQS body: SNS-wrapped or raw, Auto Scaling or compute node."""
+@dataclass(frozen=True)
+class Parsed:
+    """One body as it states itself: the event, and the topic its SNS envelope names
+    (None for a body that is not in one)."""
+
+    event: InstanceEvent | Dropped
+    topic_arn: str | None = None
+
+    @property
+    def from_compute_node(self) -> bool:
+        """Whether the body claims to come from a compute node (a join or a leave)."""
+        return isinstance(self.event, InstanceEvent) and self.event.kind in COMPUTE_EVENTS
+
+
+def parse(body: str, sent_at: datetime) -> Parsed:
+    """Parse one SQS body: SNS-wrapped or raw, Auto Scaling or compute node.
+
+    ``sent_at`` is SQS's SentTimestamp. It is the time of a compute node's event: the
+    ``Time`` a node writes is its own word, and would let it order its join after
+    everyone else's. Auto Scaling's events keep the time Auto Scaling gave them.
+    """
     outer = _json_object(body, "message body")
     envelope_time: Any = None
+    topic_arn: str | None = None
     if isinstance(outer.get("Message"), str):
         inner = _json_object(outer["Message"], "SNS 'Message'")
         envelope_time = outer.get("Timestamp")
+        topic = outer.get("TopicArn")
+        topic_arn = topic[:256] if isinstance(topic, str) else None
     else:
         inner = outer
+    return Parsed(_event(inner, envelope_time, sent_at), topic_arn)
+
+
+def _event(
+    inner: dict[str, Any], envelope_time: object, sent_at: datetime
+) -> InstanceEvent | Dropped:
     name = inner.get("Event")
     if not isinstance(name, str):
         raise MessageError("no 'Event' field")
@@ -88,17 +125,23 @@ def parse(body: str, sent_at: datetime) -> InstanceEvent | Dropped:
         )
     kind = EVENT_NAMES.get(name)
     if kind is None:
-        return Dropped("unknown_event", name)
+        return Dropped("unknown_event", name[:_NAME_MAX])
+    instance = instance_id(inner.get("EC2InstanceId"))
+    if kind is EventKind.LEAVE:
+        # A leave says only who leaves: the instance's row knows the rest.
+        return InstanceEvent(kind, instance, sent_at)
+    if kind is EventKind.READY:
+        return InstanceEvent(
+            kind=kind,
+            instance_id=instance,
+            time=sent_at,
+            hostname=_optional(short_hostname, inner.get("LocalHostname")),
+            address=_optional(address, inner.get("LocalIpv4")),
+            slots=_optional(slots, inner.get("Slots")),
+            instance_type=_optional(instance_type, inner.get("EC2InstanceType")),
+        )
     time = _time(inner.get("Time")) or _time(envelope_time) or sent_at
-    return InstanceEvent(
-        kind=kind,
-        instance_id=instance_id(inner.get("EC2InstanceId")),
-        time=time,
-        hostname=_optional(short_hostname, inner.get("LocalHostname")),
-        address=_optional(address, inner.get("LocalIpv4")),
-        slots=_optional(slots, inner.get("Slots")),
-        instance_type=_optional(instance_type, inner.get("EC2InstanceType")),
-    )
+    return InstanceEvent(kind, instance, time)
 
 
 def instance_id(value: object) -> str:

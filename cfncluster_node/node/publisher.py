@@ -17,7 +17,7 @@ from typing import Any
 
 from cfncluster_node import protocol
 from cfncluster_node.aws import Aws, AwsError
-from cfncluster_node.config import ClusterSettings, ConfigError, PublisherSettings
+from cfncluster_node.config import ClusterSettings, PublisherSettings
 from cfncluster_node.node import fleet, group
 from cfncluster_node.node.fleet import Demand, Group, NodeCounts
 from cfncluster_node.node.service import Periodic
@@ -66,11 +66,6 @@ class Publisher(Periodic):
         *,
         burst: bool = False,
     ) -> None:
-        if settings.direct and cluster.compute_group is None:
-            raise ConfigError(
-                "key 'cluster.compute_group' is required by 'publisher.direct': name the "
-                "compute Auto Scaling group"
-            )
         super().__init__(aws, cluster, settings.interval, burst=burst)
         self._settings = settings
         self._scheduler = scheduler
@@ -115,8 +110,6 @@ class Publisher(Periodic):
         return wanted
 
     async def _group(self) -> Group | None:
-        if self._cluster.compute_group is None:
-            return None
         try:
             return await group.describe(self._aws, self._cluster.compute_group)
         except AwsError as exc:
@@ -129,7 +122,7 @@ class Publisher(Periodic):
         if target <= members.desired:
             return
         try:
-            await group.set_desired(self._aws, str(name), target)
+            await group.set_desired(self._aws, name, target)
         except AwsError as exc:
             self._log.error("capacity_change_failed", group=name, error=str(exc))
             return

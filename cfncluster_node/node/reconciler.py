@@ -31,9 +31,9 @@ from cfncluster_node.node.service import Periodic
 from cfncluster_node.schedulers import SchedulerError
 
 
-async def observe(aws: Aws, registry: Registry, compute_group: str | None) -> Observation:
+async def observe(aws: Aws, registry: Registry, compute_group: str) -> Observation:
     rows = {row.instance_id: row for row in await registry.table.scan()}
-    members = (await group.describe(aws, compute_group)).members if compute_group else {}
+    members = (await group.describe(aws, compute_group)).members
     live = live_instances(rows)
     described = await ec2.describe_instances(aws, live | set(members))
     instances = {
@@ -103,7 +103,7 @@ class Reconciler(Periodic):
             for row in rows:
                 self._log.warning(event, instance_id=row.instance_id, hostname=row.hostname)
         try:
-            failed = await self._registry.apply(healing_events(drift, now))
+            failed = (await self._registry.apply(healing_events(drift, now))).failed
             removed = await self._registry.remove_unowned(drift.unowned_hosts)
         except (AwsError, SchedulerError) as exc:
             self._log.error("reconcile_failed", error=str(exc))

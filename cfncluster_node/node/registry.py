@@ -8,7 +8,8 @@ a time (a lock), so every plan is made against what the previous one left.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -16,11 +17,24 @@ from cfncluster_node import logs
 from cfncluster_node.node import lifecycle
 from cfncluster_node.node.instances import InstanceTable
 from cfncluster_node.node.messages import InstanceEvent
-from cfncluster_node.schedulers import Scheduler, SchedulerError
+from cfncluster_node.schedulers import HostsRefused, Scheduler, SchedulerError
 
 _GIVE_UP_AFTER = 3  # consecutive single-host failures: the scheduler itself is down
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What a batch did not do. retry: instances whose effect did not happen yet (it
+    may next time). refused: those whose host the scheduler will never take, and why."""
+
+    retry: frozenset[str] = frozenset()
+    refused: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> set[str]:
+        return set(self.retry) | set(self.refused)
 
 
 class Registry:
@@ -50,8 +64,8 @@ class Registry:
             self._hostnames = lifecycle.Hostnames(await self.table.scan())
         return self._hostnames
 
-    async def apply(self, events: Iterable[InstanceEvent]) -> set[str]:
-        """Apply events; return the instances whose effect did not happen (to retry)."""
+    async def apply(self, events: Iterable[InstanceEvent]) -> Applied:
+        """Apply events; say which instances' effect did not happen."""
         async with self._lock:
             return await self._apply(list(events))
 
@@ -68,7 +82,7 @@ class Registry:
                 await self.scheduler.remove_hosts(unowned)
             return unowned
 
-    async def _apply(self, events: list[InstanceEvent]) -> set[str]:
+    async def _apply(self, events: list[InstanceEvent]) -> Applied:
         histories = lifecycle.coalesce(events)
         records = await self.table.get_many(histories)
         plan = lifecycle.plan(
@@ -89,53 +103,73 @@ class Registry:
             self._log.warning("rows_changed_meanwhile", instance_ids=sorted(conflicts))
             for record in (await self.table.get_many(conflicts)).values():
                 self._hostnames.note(record)
-        failed = conflicts | await _isolating(
+        removed = await _isolating(
             self.scheduler.remove_hosts,
-            [(name, i) for name, i in plan.unregister.items() if i not in conflicts],
+            [(name, name, i) for name, i in plan.unregister.items() if i not in conflicts],
             self._log,
         )
-        failed |= await _isolating(
+        added = await _isolating(
             self.scheduler.add_hosts,
-            [(h, h.instance_id or "") for h in plan.register if h.instance_id not in conflicts],
+            [
+                (h, h.hostname, h.instance_id or "")
+                for h in plan.register
+                if h.instance_id not in conflicts
+            ],
             self._log,
+        )
+        applied = Applied(
+            frozenset(conflicts | removed.retry | added.retry),
+            {**removed.refused, **added.refused},
         )
         for decision in plan.decisions:
-            if decision.instance_id not in failed:
+            if decision.instance_id not in applied.failed:
                 self._log.info(
                     decision.event, instance_id=decision.instance_id, hostname=decision.hostname
                 )
-        return failed
+        return applied
 
 
 async def _isolating(
     operation: Callable[[list[T]], Awaitable[None]],
-    items: list[tuple[T, str]],
+    items: list[tuple[T, str, str]],
     log: Any,
-) -> set[str]:
-    """Apply ``operation`` to all items at once; if that fails, to each alone.
+) -> Applied:
+    """Apply ``operation`` to all items (each with its hostname and instance id) at once.
 
-    Returns the instance ids whose item failed, so one bad host delays only its own
-    events. After a few failures in a row the scheduler is taken to be down and the
-    rest are not tried.
+    Hosts the scheduler refuses by name are set aside and the rest tried again at once:
+    a refusal says which hosts, so it costs no search. Only a failure that names none
+    has each item tried alone, so one bad host delays only its own events; after a few
+    failures in a row the scheduler is taken to be down and the rest are not tried.
     """
-    if not items:
-        return set()
-    try:
-        await operation([item for item, _ in items])
-        return set()
-    except SchedulerError as exc:
-        log.warning("scheduler_batch_failed", error=str(exc), items=len(items))
-    failed: set[str] = set()
+    refused: dict[str, str] = {}
+    for _ in range(2):
+        if not items:
+            return Applied(refused=refused)
+        try:
+            await operation([item for item, _, _ in items])
+            return Applied(refused=refused)
+        except HostsRefused as exc:
+            log.warning("scheduler_hosts_refused", hostnames=sorted(exc.refused))
+            refused |= {
+                i: f"{name}: {exc.refused[name]}" for _, name, i in items if name in exc.refused
+            }
+            items = [entry for entry in items if entry[1] not in exc.refused]
+        except SchedulerError as exc:
+            log.warning("scheduler_batch_failed", error=str(exc), items=len(items))
+            break
+    retry: set[str] = set()
     streak = 0
-    for item, instance_id in items:
+    for item, name, instance_id in items:
         if streak >= _GIVE_UP_AFTER:
-            failed.add(instance_id)
+            retry.add(instance_id)
             continue
         try:
             await operation([item])
             streak = 0
+        except HostsRefused as exc:
+            refused[instance_id] = f"{name}: {exc.refused.get(name, exc)}"
         except SchedulerError as exc:
             streak += 1
-            failed.add(instance_id)
+            retry.add(instance_id)
             log.error("scheduler_update_failed", instance_id=instance_id, error=str(exc))
-    return failed
+    return Applied(frozenset(retry), refused)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cfncluster_node.aws import Aws, AwsError
-from cfncluster_node.config import ClusterSettings, ConfigError, ScaleInSettings
+from cfncluster_node.config import ClusterSettings, ScaleInSettings
 from cfncluster_node.node import fleet, group
 from cfncluster_node.node.fleet import Group
 from cfncluster_node.node.lifecycle import Hostnames
@@ -103,11 +103,6 @@ class ScaleIn(Periodic):
         *,
         burst: bool = False,
     ) -> None:
-        if cluster.compute_group is None:
-            raise ConfigError(
-                "key 'cluster.compute_group' is required by the scalein service: name the "
-                "compute Auto Scaling group"
-            )
         super().__init__(aws, cluster, settings.interval, burst=burst)
         self._settings = settings
         self._group_name = cluster.compute_group

@@ -40,7 +40,13 @@ def build(
 ) -> Service:
     match name:
         case "sqswatcher":
-            return SqsWatcher(aws, settings.sqswatcher, registry, burst=burst)
+            return SqsWatcher(
+                aws,
+                settings.sqswatcher,
+                registry,
+                compute_group=settings.cluster.compute_group,
+                burst=burst,
+            )
         case "scalein":
             return ScaleIn(aws, settings.scalein, settings.cluster, registry, burst=burst)
         case "reconciler":

@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cfncluster_node import logs
 from cfncluster_node.aws import Aws, AwsError
 
 BATCH = 10  # most messages per receive and per batch call
+
+Item = TypeVar("Item")
 
 
 @dataclass
@@ -27,7 +29,10 @@ class Received:
     message_id: str
     receipt: str
     body: str
+    #: SQS's own facts, which no sender can write: when it was sent, and by whom (the
+    #: IAM user or role session of the credentials it was sent with).
     sent_at: datetime
+    sender_id: str
     receive_count: int
     extended_at: float = field(default_factory=time.monotonic)
 
@@ -75,27 +80,36 @@ class ClusterQueue:
             MaxNumberOfMessages=BATCH,
             WaitTimeSeconds=wait_s,
             VisibilityTimeout=visibility_timeout,
-            MessageSystemAttributeNames=["SentTimestamp", "ApproximateReceiveCount"],
+            MessageSystemAttributeNames=["SenderId", "SentTimestamp", "ApproximateReceiveCount"],
         )
         return [_received(message) for message in response.get("Messages", [])]
 
-    async def send_to_dead_letter(self, message: Received, reason: str) -> None:
-        """A copy of ``message`` on the dead-letter queue, with the reason beside it;
-        AwsError if it could not be sent."""
+    async def send_to_dead_letter(self, doomed: Sequence[tuple[Received, str]]) -> list[Received]:
+        """Copies of messages on the dead-letter queue, each with its reason and sender
+        beside it; returns the messages that were sent."""
         assert self.dead_letter_url is not None
-        await self._aws.call(
-            "sqs",
-            "send_message",
-            QueueUrl=self.dead_letter_url,
-            MessageBody=message.body,
-            MessageAttributes={
-                "error": {"DataType": "String", "StringValue": reason},
-                "sourceMessageId": {"DataType": "String", "StringValue": message.message_id},
-            },
-        )
+
+        def entry(item: tuple[Received, str]) -> dict[str, Any]:
+            message, reason = item
+            facts = {
+                "error": reason,
+                "sourceMessageId": message.message_id,
+                "senderId": message.sender_id,
+            }
+            return {
+                "MessageBody": message.body,
+                "MessageAttributes": {
+                    name: {"DataType": "String", "StringValue": value}
+                    for name, value in facts.items()
+                    if value
+                },
+            }
+
+        sent = await self._per_ten("send_message_batch", doomed, entry, self.dead_letter_url)
+        return [message for message, _ in sent]
 
     async def delete(self, messages: Sequence[Received]) -> None:
-        await self._per_ten("delete_message_batch", messages, lambda _: {})
+        await self._per_ten("delete_message_batch", messages, _receipt)
 
     async def set_visibility(
         self, messages: Sequence[Received], seconds: Callable[[Received], int]
@@ -103,22 +117,24 @@ class ClusterQueue:
         await self._per_ten(
             "change_message_visibility_batch",
             messages,
-            lambda m: {"VisibilityTimeout": seconds(m)},
+            lambda m: {**_receipt(m), "VisibilityTimeout": seconds(m)},
         )
 
     async def _per_ten(
         self,
         operation: str,
-        messages: Sequence[Received],
-        extra: Callable[[Received], dict[str, Any]],
-    ) -> None:
-        async def one_call(chunk: Sequence[Received]) -> None:
-            entries = [
-                {"Id": str(i), "ReceiptHandle": m.receipt, **extra(m)} for i, m in enumerate(chunk)
-            ]
+        items: Sequence[Item],
+        entry: Callable[[Item], dict[str, Any]],
+        url: str | None = None,
+    ) -> list[Item]:
+        """``operation`` on every item, ten to a call, all calls at once; the items it
+        succeeded for."""
+
+        async def one_call(chunk: Sequence[Item]) -> list[Item]:
+            entries = [{"Id": str(i), **entry(item)} for i, item in enumerate(chunk)]
             try:
                 response = await self._aws.call(
-                    "sqs", operation, QueueUrl=self.url, Entries=entries
+                    "sqs", operation, QueueUrl=url or self.url, Entries=entries
                 )
             except AwsError as exc:
                 self._log.warning(
@@ -127,17 +143,29 @@ class ClusterQueue:
                     messages=len(chunk),
                     error=str(exc),
                 )
-                return
-            for failure in response.get("Failed", []):
+                return []
+            failed = {int(failure["Id"]): failure for failure in response.get("Failed", [])}
+            for i, failure in sorted(failed.items()):
                 self._log.warning(
                     "sqs_batch_entry_failed",
                     operation=operation,
-                    message_id=chunk[int(failure["Id"])].message_id,
+                    message_id=_message_id(chunk[i]),
                     code=failure.get("Code"),
                 )
+            return [item for i, item in enumerate(chunk) if i not in failed]
 
-        chunks = [messages[i : i + BATCH] for i in range(0, len(messages), BATCH)]
-        await asyncio.gather(*(one_call(chunk) for chunk in chunks))
+        chunks = [items[i : i + BATCH] for i in range(0, len(items), BATCH)]
+        results = await asyncio.gather(*(one_call(chunk) for chunk in chunks))
+        return [item for result in results for item in result]
+
+
+def _receipt(message: Received) -> dict[str, Any]:
+    return {"ReceiptHandle": message.receipt}
+
+
+def _message_id(item: object) -> str:
+    message = item[0] if isinstance(item, tuple) else item
+    return message.message_id if isinstance(message, Received) else "?"
 
 
 def _received(message: dict[str, Any]) -> Received:
@@ -148,5 +176,6 @@ def _received(message: dict[str, Any]) -> Received:
         receipt=message["ReceiptHandle"],
         body=message.get("Body", ""),
         sent_at=datetime.fromtimestamp(sent_ms / 1000, UTC),
+        sender_id=attributes.get("SenderId", ""),
         receive_count=int(attributes.get("ApproximateReceiveCount", 1)),
     )

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from cfncluster_node import logs
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import SqsWatcherSettings
-from cfncluster_node.node import ec2, messages, sqs
+from cfncluster_node.node import ec2, messages, sqs, trust
 from cfncluster_node.node.messages import EventKind, InstanceEvent, MessageError
 from cfncluster_node.node.registry import Registry
 from cfncluster_node.node.service import Progress
@@ -31,12 +31,23 @@ _BURST_POLL_S = 1
 _STOP = object()
 
 
+@dataclass
+class _Fate:
+    """Where each message of a batch ends: deleted, retried, or dead-lettered (why)."""
+
+    done: list[Received] = field(default_factory=list)
+    retry: list[Received] = field(default_factory=list)
+    doomed: list[tuple[Received, str]] = field(default_factory=list)
+
+
 class SqsWatcher:
     """Long-polls the cluster queue and applies what arrives.
 
-    aws: the client factory. settings: the ``[sqswatcher]`` section. registry: where
-    events take effect (the instance table and the scheduler). burst: return once the
-    queue is empty instead of polling forever (tests, benchmarks, one-off catch-up runs).
+    aws: the client factory. settings: the ``[sqswatcher]`` section (the queue, and who
+    may send on it). registry: where events take effect (the instance table and the
+    scheduler). compute_group: the Auto Scaling group every joining instance must be a
+    member of. burst: return once the queue is empty instead of polling forever (tests,
+    benchmarks, one-off catch-up runs).
     """
 
     name = "sqswatcher"
@@ -47,10 +58,15 @@ class SqsWatcher:
         settings: SqsWatcherSettings,
         registry: Registry,
         *,
+        compute_group: str,
         burst: bool = False,
     ) -> None:
         self._aws = aws
         self._settings = settings
+        self._senders = trust.Senders(
+            settings.topic_arn, settings.compute_role_id, settings.topic_sender_id
+        )
+        self._group = compute_group
         self._registry = registry
         self._burst = burst
         self._log = logs.get()
@@ -157,83 +173,123 @@ class SqsWatcher:
     ) -> tuple[list[Received], list[Received]]:
         """Apply a batch; return the messages to delete and those to retry."""
         started = time.monotonic()
-        done: list[Received] = []
-        retry: list[Received] = []
-        events: list[tuple[Received, InstanceEvent]] = []
-        for message in batch:
-            log = self._log.bind(message_id=message.message_id)
-            try:
-                parsed = messages.parse(message.body, message.sent_at)
-            except MessageError as exc:
-                dead = await self._dead_letter(queue, message, str(exc))
-                (done if dead else retry).append(message)
-                continue
-            if isinstance(parsed, messages.Dropped):
-                level = log.warning if parsed.reason in messages.ERROR_EVENTS.values() else log.info
-                level(
-                    "message_dropped",
-                    reason=parsed.reason,
-                    event_name=parsed.event,
-                    instance_id=parsed.instance_id,
-                    detail=parsed.detail,
-                )
-                done.append(message)
-            else:
-                events.append((message, parsed))
-        failed: set[str] = set()
-        if events:
-            try:
-                named = await self._named_from_ec2([event for _, event in events])
-                failed = await self._registry.apply(named)
-            except AwsError as exc:
-                self._log.error("batch_failed", error=str(exc), messages=len(events))
-                failed = {event.instance_id for _, event in events}
-        done += [message for message, event in events if event.instance_id not in failed]
-        retry += [message for message, event in events if event.instance_id in failed]
+        fate = _Fate()
+        claims = self._screen(batch, fate)
+        events: list[tuple[Received, InstanceEvent]] | None = None
+        try:
+            events = await self._confirm(claims, fate)
+            outcome = await self._registry.apply(event for _, event in events)
+        except AwsError as exc:
+            self._log.error("batch_failed", error=str(exc), messages=len(claims))
+            fate.retry += [message for message, _ in (claims if events is None else events)]
+        else:
+            for message, event in events:
+                if event.instance_id in outcome.refused:
+                    fate.doomed.append((message, outcome.refused[event.instance_id]))
+                elif event.instance_id in outcome.retry:
+                    fate.retry.append(message)
+                else:
+                    fate.done.append(message)
+        await self._dead_letter(queue, fate)
         self._log.info(
             "batch_applied",
             messages=len(batch),
-            done=len(done),
-            retried=len(retry),
+            done=len(fate.done),
+            retried=len(fate.retry),
             duration_ms=round((time.monotonic() - started) * 1000, 1),
         )
-        return done, retry
+        return fate.done, fate.retry
 
-    async def _named_from_ec2(self, events: list[InstanceEvent]) -> list[InstanceEvent]:
-        """Old compute nodes may not say their hostname: ask EC2 for it."""
-        unnamed = sorted(
-            {e.instance_id for e in events if e.kind is EventKind.READY and not e.hostname}
-        )
-        if not unnamed:
-            return events
-        found = await ec2.describe_instances(self._aws, unnamed)
-        named = []
-        for event in events:
-            instance = found.get(event.instance_id)
-            if event.kind is EventKind.READY and not event.hostname:
-                if not instance or not instance.get("PrivateDnsName"):
-                    self._log.warning(
-                        "ready_without_hostname_dropped", instance_id=event.instance_id
-                    )
-                    continue
-                event = _named(event, instance)
-            named.append(event)
-        return named
+    def _screen(self, batch: list[Received], fate: _Fate) -> list[tuple[Received, InstanceEvent]]:
+        """What each message says, kept only where its sender may say it."""
+        claims = []
+        for message in batch:
+            try:
+                parsed = messages.parse(message.body, message.sent_at)
+            except MessageError as exc:
+                fate.doomed.append((message, str(exc)))
+                continue
+            refusal = trust.untrusted_sender(parsed, message.sender_id, self._senders)
+            if refusal is not None:
+                fate.doomed.append((message, refusal))
+            elif isinstance(parsed.event, messages.Dropped):
+                dropped = parsed.event
+                level = (
+                    self._log.warning
+                    if dropped.reason in messages.ERROR_EVENTS.values()
+                    else self._log.info
+                )
+                level(
+                    "message_dropped",
+                    message_id=message.message_id,
+                    reason=dropped.reason,
+                    event_name=dropped.event,
+                    instance_id=dropped.instance_id,
+                    detail=dropped.detail,
+                )
+                fate.done.append(message)
+            else:
+                claims.append((message, parsed.event))
+        return claims
 
-    async def _dead_letter(self, queue: ClusterQueue, message: Received, reason: str) -> bool:
-        """Move a message that can never succeed to the dead-letter queue; False: not yet."""
-        log = self._log.bind(message_id=message.message_id)
+    async def _confirm(
+        self, claims: list[tuple[Received, InstanceEvent]], fate: _Fate
+    ) -> list[tuple[Received, InstanceEvent]]:
+        """The claims EC2 bears out, joins with EC2's own name and address in them: one
+        describe for all the batch's joins. AwsError if EC2 could not be asked."""
+        joining = {e.instance_id for _, e in claims if e.kind is EventKind.READY}
+        described = await ec2.describe_instances(self._aws, joining) if joining else {}
+        confirmed = []
+        for message, event in claims:
+            if event.kind is not EventKind.READY:
+                confirmed.append((message, event))
+                continue
+            judged = trust.membership(event, described.get(event.instance_id), self._group)
+            log = self._log.bind(message_id=message.message_id, instance_id=event.instance_id)
+            match judged.verdict:
+                case trust.Verdict.ACCEPT:
+                    assert judged.event is not None
+                    confirmed.append((message, judged.event))
+                case trust.Verdict.RETRY:
+                    log.info("join_not_confirmed_yet", reason=judged.reason)
+                    fate.retry.append(message)
+                case trust.Verdict.STALE:
+                    log.info("join_of_gone_instance_dropped", reason=judged.reason)
+                    fate.done.append(message)
+                case trust.Verdict.REFUSE:
+                    fate.doomed.append((message, judged.reason))
+        return confirmed
+
+    async def _dead_letter(self, queue: ClusterQueue, fate: _Fate) -> None:
+        """Move the messages that can never succeed to the dead-letter queue, one log line
+        each; one that could not be moved comes back, and the redrive policy moves it
+        after its last try."""
+        if not fate.doomed:
+            return
         if queue.dead_letter_url is None:
-            log.error("message_discarded", reason=reason, body=message.body[:500])
-            return True
-        try:
-            await queue.send_to_dead_letter(message, reason)
-        except AwsError as exc:
-            # It comes back, and the redrive policy moves it after its last try.
-            log.warning("dead_letter_send_failed", reason=reason, error=str(exc))
-            return False
-        log.error("message_dead_lettered", reason=reason)
-        return True
+            for message, reason in fate.doomed:
+                self._log.error(
+                    "message_discarded",
+                    message_id=message.message_id,
+                    sender_id=message.sender_id,
+                    reason=reason,
+                )
+            fate.done += [message for message, _ in fate.doomed]
+            fate.doomed.clear()
+            return
+        moved = {id(message) for message in await queue.send_to_dead_letter(fate.doomed)}
+        for message, reason in fate.doomed:
+            if id(message) in moved:
+                self._log.error(
+                    "message_dead_lettered",
+                    message_id=message.message_id,
+                    sender_id=message.sender_id,
+                    reason=reason,
+                )
+                fate.done.append(message)
+            else:
+                fate.retry.append(message)
+        fate.doomed.clear()
 
     async def _delete(self, queue: ClusterQueue, batch: Sequence[Received]) -> None:
         await queue.delete(batch)
@@ -270,11 +326,3 @@ async def _stop_when_done(tasks: list[asyncio.Task[None]], inbox: asyncio.Queue[
     """In burst mode the receivers end once the queue is empty, and so does the applier."""
     await asyncio.wait(tasks)
     inbox.put_nowait(_STOP)
-
-
-def _named(event: InstanceEvent, instance: dict[str, Any]) -> InstanceEvent:
-    return replace(
-        event,
-        hostname=messages.short_hostname(instance["PrivateDnsName"]),
-        instance_type=event.instance_type or instance.get("InstanceType"),
-    )

@@ -6,7 +6,7 @@ that is there, or removing one that is not, succeeds and changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -17,6 +17,16 @@ from cfncluster_node import names
 
 class SchedulerError(Exception):
     """A scheduler command failed; the message says which and why."""
+
+
+class HostsRefused(SchedulerError):
+    """Hosts a backend will not touch, whoever asks: they are not the cluster's compute
+    hosts (a static node, the head node). Nothing was done; ``refused`` says why, by name."""
+
+    def __init__(self, refused: Mapping[str, str]) -> None:
+        self.refused = dict(refused)
+        listed = "; ".join(f"{name}: {why}" for name, why in sorted(self.refused.items()))
+        super().__init__(f"not compute hosts of this cluster: {listed}")
 
 
 def checked_hostnames(hostnames: Iterable[str]) -> list[str]:
@@ -80,6 +90,9 @@ class Jobs:
 
 
 class Scheduler(Protocol):
+    """Every method touches only the cluster's compute hosts (the backend's feature or
+    host group) and raises ``HostsRefused`` for any other name, the head node's included."""
+
     name: str
 
     async def add_hosts(self, hosts: Sequence[Host]) -> None: ...

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import re
 import tempfile
 import xml.etree.ElementTree as ElementTree
@@ -40,9 +41,11 @@ from pathlib import Path
 
 from cfncluster_node import commands, logs
 from cfncluster_node.config import SgeSettings
+from cfncluster_node.names import short_hostname
 from cfncluster_node.schedulers import (
     Holdup,
     Host,
+    HostsRefused,
     HostStatus,
     Jobs,
     PendingJob,
@@ -55,6 +58,8 @@ from cfncluster_node.schedulers import (
 # complex values bind the whole cluster, "none" empties a list, "template" is qconf's
 # skeleton object.
 _RESERVED = frozenset({"global", "none", "template"})
+# Debian's SGE_ROOT, where neither [sge] root nor the environment says.
+_DEBIAN_ROOT = "/var/lib/gridengine"
 
 # Queue instance states (qstat(1)); each one keeps new jobs off the instance.
 _STATES = {
@@ -284,6 +289,7 @@ class Sge:
         if settings.root:
             self._env["SGE_ROOT"] = str(settings.root)
         self._idle_since: dict[str, datetime] = {}
+        self._qmaster: str | None = None
         self._log = logs.get(scheduler=self.name)
 
     def _argv(self, program: str, args: Sequence[str]) -> list[str]:
@@ -325,10 +331,45 @@ class Sge:
     def _instances(self, hostnames: Sequence[str]) -> list[str]:
         return [f"{self._settings.queue}@{name}" for name in hostnames]
 
+    async def _members(self) -> set[str]:
+        """The host group's hosts: the cluster's compute hosts."""
+        return set(
+            (await self._query("qconf", "-shgrp_resolved", self._settings.host_group)).split()
+        )
+
+    async def _compute_hosts(self, names: Sequence[str]) -> list[str]:
+        """``names``, once none is the qmaster's host or an execution host outside the host
+        group (one the cell has of its own); HostsRefused otherwise."""
+        members, exec_hosts = await asyncio.gather(self._members(), self._list("-sel"))
+        qmaster = await self._qmaster_host()
+        refused = {
+            name: "the head node (the qmaster's host)"
+            if name == qmaster
+            else f"an execution host outside {self._settings.host_group}"
+            for name in names
+            if name == qmaster or (name in exec_hosts and name not in members)
+        }
+        if refused:
+            raise HostsRefused(refused)
+        return list(names)
+
+    async def _qmaster_host(self) -> str | None:
+        """The qmaster's host, from the cell's act_qmaster file (read once)."""
+        if self._qmaster is None:
+            root = self._settings.root or Path(os.environ.get("SGE_ROOT", _DEBIAN_ROOT))
+            path = root / self._settings.cell / "common" / "act_qmaster"
+            try:
+                text = await asyncio.to_thread(path.read_text)
+            except OSError as exc:
+                raise SchedulerError(f"{path}: cannot read the qmaster's host: {exc}") from None
+            self._qmaster = short_hostname(text.strip()) or ""
+        return self._qmaster or None
+
     async def add_hosts(self, hosts: Sequence[Host]) -> None:
         names = self._hostnames([host.hostname for host in hosts])
         if not names:
             return
+        await self._compute_hosts(names)
         slots = {host.hostname: host.slots for host in hosts}
         listed = ",".join(names)
         # Admin host: its execd may register. Submit host: its jobs may submit jobs.
@@ -364,6 +405,7 @@ class Sge:
         names = self._hostnames(hostnames)
         if not names:
             return
+        await self._compute_hosts(names)
         instances = self._instances(names)
         listed = ",".join(instances)
         # Disabled first, so that the jobs rescheduled next cannot land on it again.
@@ -396,6 +438,7 @@ class Sge:
     async def drain_hosts(self, hostnames: Sequence[str], reason: str) -> None:
         names = self._hostnames(hostnames)
         if names:
+            await self._compute_hosts(names)
             await self._change("qmod", "-d", ",".join(self._instances(names)), subjects=())
             # A queue instance has no field for why it is disabled: the log keeps it.
             self._log.info("sge_hosts_disabled", hostnames=names, reason=reason)
@@ -403,6 +446,7 @@ class Sge:
     async def resume_hosts(self, hostnames: Sequence[str]) -> None:
         names = self._hostnames(hostnames)
         if names:
+            await self._compute_hosts(names)
             await self._change("qmod", "-e", ",".join(self._instances(names)), subjects=())
 
     async def list_hosts(self) -> list[HostStatus]:
@@ -413,9 +457,9 @@ class Sge:
             self._query("qstat", "-f", "-F", "slots", "-s", "r", "-xml"),
             # Only the host group's: other hosts of the queue (the head node, say) are
             # none of this backend's business.
-            self._query("qconf", "-shgrp_resolved", self._settings.host_group),
+            self._members(),
         )
-        ours = set(members.split())
+        ours = members
         instances = [
             instance
             for instance in parse_queue_xml(text, self._settings.queue)

@@ -9,16 +9,19 @@ nodes (``MaxNodeCount``) and map the feature to partitions with a ``Nodeset``.
 
 from __future__ import annotations
 
+import socket
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from cfncluster_node import commands
 from cfncluster_node.config import SlurmSettings
+from cfncluster_node.names import short_hostname
 from cfncluster_node.schedulers import (
     Holdup,
     Host,
+    HostsRefused,
     HostStatus,
     Jobs,
     PendingJob,
@@ -106,6 +109,8 @@ class Slurm:
     def __init__(self, settings: SlurmSettings) -> None:
         self._settings = settings
         self._env = {"SLURM_CONF": str(settings.conf)} if settings.conf else None
+        # slurmctld runs here, on the head node: never a compute node.
+        self._head = short_hostname(socket.gethostname())
 
     def _program(self, name: str) -> str:
         return str(self._settings.bin_dir / name) if self._settings.bin_dir else name
@@ -141,12 +146,32 @@ class Slurm:
             if self._settings.feature in node.features
         ]
 
+    def _refuse_others(self, hostnames: Iterable[str], current: dict[str, _Node]) -> None:
+        """HostsRefused for any name that is not a compute node of the cluster's: the head
+        node, or a node slurm.conf defines (static) or that lacks the feature."""
+        feature = self._settings.feature
+        refused = {
+            name: "the head node"
+            if name == self._head
+            else f"a node without the {feature!r} feature (a static node?)"
+            for name in hostnames
+            if name == self._head or (name in current and feature not in current[name].features)
+        }
+        if refused:
+            raise HostsRefused(refused)
+
+    async def _compute_nodes(self, hostnames: Sequence[str]) -> dict[str, _Node]:
+        """Every node, once ``hostnames`` are known to be compute nodes."""
+        current = await self._nodes()
+        self._refuse_others(hostnames, current)
+        return current
+
     async def add_hosts(self, hosts: Sequence[Host]) -> None:
         checked_hostnames(host.hostname for host in hosts)
         wanted = {host.hostname: host for host in hosts}
         if not wanted:
             return
-        current = await self._nodes()
+        current = await self._compute_nodes(list(wanted))
         resized = [n for n, h in wanted.items() if n in current and current[n].cpus != h.slots]
         if resized:
             await self._delete(resized, current, reason="cfncluster-node: slot count changed")
@@ -184,6 +209,7 @@ class Slurm:
     async def drain_hosts(self, hostnames: Sequence[str], reason: str) -> None:
         hostnames = checked_hostnames(hostnames)
         if hostnames:
+            await self._compute_nodes(hostnames)
             await self._run(
                 "scontrol",
                 "update",
@@ -195,11 +221,14 @@ class Slurm:
     async def resume_hosts(self, hostnames: Sequence[str]) -> None:
         hostnames = checked_hostnames(hostnames)
         if hostnames:
+            await self._compute_nodes(hostnames)
             await self._run("scontrol", "update", f"NodeName={compress(hostnames)}", "State=RESUME")
 
     async def remove_hosts(self, hostnames: Sequence[str]) -> None:
         hostnames = checked_hostnames(hostnames)
-        current = await self._nodes()
+        if not hostnames:
+            return
+        current = await self._compute_nodes(hostnames)
         await self._delete(hostnames, current, reason="cfncluster-node: instance gone")
 
     async def _delete(

@@ -286,6 +286,8 @@ def node_config(cluster: ClusterConfig) -> str:
         "",
         "[sqswatcher]",
         'queue = "${Queue}"',
+        'topic_arn = "${Topic}"',
+        'compute_role_id = "${ComputeRole.RoleId}"',
         f"visibility_timeout = {_VISIBILITY_S}",
         "",
         "[scalein]",
@@ -563,6 +565,8 @@ def _outputs(cluster: ClusterConfig) -> Json:
         "ComputeGroup": _ref("ComputeGroup"),
         "SharedVolume": _ref("SharedVolume"),
         "MungeKeySecret": _ref("MungeKey"),
+        # Compute nodes send as this role's sessions, named after their instances.
+        "ComputeRoleArn": _att("ComputeRole", "Arn"),
     }
     if cluster.network.public_ip:
         outputs["HeadNodePublicIp"] = _att(HEAD_NODE, "PublicIp")

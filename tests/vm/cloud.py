@@ -31,7 +31,13 @@ from rich.console import Console
 
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import AwsSettings
-from cfncluster_node.local.cloud import CREDENTIALS, MotoServer, metadata_service, send_messages
+from cfncluster_node.local.cloud import (
+    CREDENTIALS,
+    MotoServer,
+    instance_credentials,
+    metadata_service,
+    send_messages,
+)
 from cfncluster_node.node import group
 from cfncluster_node.stack import launcher, template
 from tests.clusters import on_moto
@@ -64,11 +70,15 @@ async def serve(state_dir: Path, address: str) -> None:
                 "post_install": {"url": f"s3://{HOOK_BUCKET}/{FAILING_HOOK}", "args": [HOOK_STACK]}
             }
             creating = {
-                STACK: asyncio.create_task(stacks.create(STACK, await on_moto(aws))),
+                STACK: asyncio.create_task(
+                    stacks.create(STACK, await on_moto(aws, default_vpc=True))
+                ),
                 HOOK_STACK: asyncio.create_task(
                     stacks.create(
                         HOOK_STACK,
-                        await on_moto(aws, cluster={"scheduler": "sge"}, hooks=failing),
+                        await on_moto(
+                            aws, default_vpc=True, cluster={"scheduler": "sge"}, hooks=failing
+                        ),
                         rollback=False,
                     )
                 ),
@@ -97,12 +107,19 @@ async def serve(state_dir: Path, address: str) -> None:
                     imds = await servers.enter_async_context(
                         metadata_service(_metadata(instance), host=address)
                     )
+                    # A compute node sends as its instance's role session, as on EC2: the
+                    # head node believes its join from no one else.
+                    credentials = (
+                        await instance_credentials(aws, await _role(aws, "ComputeRole"), compute)
+                        if role == "compute"
+                        else CREDENTIALS
+                    )
                     instances[role] = {
                         "address": instance["PrivateIpAddress"],
                         "hostname": instance["PrivateDnsName"].split(".")[0],
                         "user_data": user_data,
                         "environment": {
-                            **CREDENTIALS,
+                            **credentials,
                             "AWS_ENDPOINT_URL": moto.url,
                             "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds,
                         },
@@ -145,6 +162,15 @@ def _metadata(instance: dict[str, Any]) -> dict[str, str]:
         "block-device-mapping/ephemeral0": "vdb",
         "block-device-mapping/ephemeral1": "vdc",
     }
+
+
+async def _role(aws: Aws, logical_id: str) -> str:
+    """The ARN of the cluster stack's role ``logical_id``, as CloudFormation named it."""
+    async for page in aws.pages("iam", "list_roles"):
+        for role in page["Roles"]:
+            if role["RoleName"].startswith(f"{STACK}-{logical_id}-"):
+                return str(role["Arn"])
+    raise RuntimeError(f"the stack has no role {logical_id}")
 
 
 async def _describe(aws: Aws, instance_id: str) -> dict[str, Any]:
