@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SYSTEM_PACKAGES := slurm-wlm munge gridengine-master gridengine-client gridengine-exec \
-	e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server iproute2 packer
+	e2fsprogs xfsprogs btrfs-progs util-linux nfs-kernel-server iproute2 iptables packer
 VM_PACKAGES := qemu-system-x86 qemu-utils mmdebstrap zstd
 
 .PHONY: install system-deps vm-deps test test-fast vmtest dist demo bench lint clean

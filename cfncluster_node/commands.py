@@ -52,14 +52,16 @@ async def run(
     timeout: float,
     env: Mapping[str, str] | None = None,
     check: bool = True,
+    input: str | None = None,
 ) -> CommandResult:
-    """Run ``argv``; raise CommandError on a timeout, or on a non-zero exit when ``check``."""
+    """Run ``argv`` (``input`` on its standard input, else none); raise CommandError on a
+    timeout, or on a non-zero exit when ``check``."""
     log = logs.get(command=argv[0])
     started = time.monotonic()
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env={**os.environ, **env} if env else None,
@@ -68,7 +70,9 @@ async def run(
     except OSError as exc:
         raise CommandError(argv, f"could not start: {exc.strerror}") from None
     try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+        stdout, stderr = await asyncio.wait_for(
+            process.communicate(None if input is None else input.encode()), timeout
+        )
     except (TimeoutError, asyncio.CancelledError) as exc:
         _kill_group(process)
         await process.wait()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, ValidationError
 
@@ -148,8 +148,10 @@ class SharedVolumeSettings(Section):
     mount_point: str = Field(pattern=r"^/[A-Za-z0-9/_.-]*$")
     fs_type: Literal["ext4", "xfs"] = "ext4"
     label: str | None = Field(default=None, max_length=12, pattern=r"^[A-Za-z0-9_-]+$")
-    # Export over NFS to this network (the VPC CIDR), read-write for the compute nodes.
-    export_to: IPv4Network | None = None
+    # Export over NFS to these networks (the compute subnets), read-write for the compute
+    # nodes, root squashed unless root_squash is false.
+    export_to: list[IPv4Network] = Field(default_factory=list)
+    root_squash: bool = True
 
 
 class ScratchSettings(Section):
@@ -185,9 +187,18 @@ class HooksSettings(Section):
 _SECRET_ARN = r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$"
 
 
+# Who may reach the instance metadata service (node/metadata.py): the node's own daemons
+# run as root; the users' jobs must not get the instance's role.
+MetadataUsers = Annotated[
+    list[Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")]],
+    Field(default=["root"], min_length=1),
+]
+
+
 class BootstrapSettings(Section):
     # The cluster's munge key, a Secrets Manager secret the stack generates (its ARN).
     munge_key_secret: str = Field(pattern=_SECRET_ARN)
+    metadata_users: MetadataUsers
     munge_key: Path = Path("/etc/munge/munge.key")
     slurm_dir: Path = Path("/etc/slurm")
     # Debian's SGE_ROOT (when [sge] root is not set) and the qmaster's spool.
@@ -211,6 +222,7 @@ class ComputeNodeSettings(Section):
     register_timeout: StrictFloat = Field(default=600.0, gt=0, allow_inf_nan=False)
     slurmctld_port: StrictInt = Field(default=6817, ge=1, le=65535)
     feature: str = Field(default="compute", pattern=r"^[A-Za-z0-9_-]+$")
+    metadata_users: MetadataUsers
 
 
 class LoggingSettings(Section):

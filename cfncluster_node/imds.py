@@ -8,7 +8,7 @@ import aiohttp
 
 # botocore's own variable for the endpoint, so one setting redirects both.
 IMDS_ENV = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
-_DEFAULT = "http://169.254.169.254"
+DEFAULT_URL = "http://169.254.169.254"
 _TOKEN_TTL_S = "60"
 
 
@@ -18,7 +18,7 @@ class MetadataError(Exception):
 
 async def read(keys: list[str]) -> dict[str, str]:
     """``/latest/meta-data/<key>`` for each key it knows; unknown keys are left out."""
-    base = os.environ.get(IMDS_ENV, _DEFAULT).rstrip("/")
+    base = os.environ.get(IMDS_ENV, DEFAULT_URL).rstrip("/")
     timeout = aiohttp.ClientTimeout(total=10)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:

@@ -25,6 +25,18 @@ LEAVE_EVENT: Final = "cfncluster:COMPUTE_LEAVE"
 # principal): Auto Scaling's events come from no one else.
 SNS_SENDER_ID: Final = "AIDAIT2UOQQY3AUEKVGXU"
 
+# The ports the nodes talk on (docs/protocol.md, "Ports"): the security groups open these,
+# and no others, between the head node and the compute nodes.
+SSH_PORT: Final = 22
+NFS_PORT: Final = 2049  # NFSv4 needs no other (no portmapper, no mountd)
+SLURMCTLD_PORT: Final = 6817
+SLURMD_PORT: Final = 6818
+# Where srun listens for its steps' I/O (SrunPortRange): on the head node, for jobs
+# started there.
+SRUN_PORTS: Final = (60001, 63000)
+SGE_QMASTER_PORT: Final = 6444
+SGE_EXECD_PORT: Final = 6445
+
 # The instance table (docs/protocol.md, "The instance table").
 TABLE_KEY: Final = "instanceId"
 TABLE_TTL_ATTRIBUTE: Final = "expiresAt"

@@ -27,13 +27,14 @@ done
 prefix=/opt/cfncluster-node
 case "$role" in
     # The head node runs slurmctld or SGE's qmaster, exports the shared volume and builds
-    # the scratch RAID.
+    # the scratch RAID; on every node, iptables keeps the users' jobs from the metadata
+    # service.
     head) unit=cfncluster-node.service
-          debs="python3 python3-venv slurmctld slurm-client munge gridengine-master gridengine-client mdadm e2fsprogs xfsprogs nfs-kernel-server nvme-cli" ;;
+          debs="python3 python3-venv slurmctld slurm-client munge gridengine-master gridengine-client mdadm e2fsprogs xfsprogs nfs-kernel-server nvme-cli iptables" ;;
     # A compute node mounts the shared volumes and builds its own scratch RAID; slurmd
     # puts jobs in cgroups through systemd's D-Bus API.
     compute) unit=cfncluster-compute.service
-          debs="python3 python3-venv slurmd slurm-client munge nfs-common mdadm e2fsprogs xfsprogs nvme-cli dbus" ;;
+          debs="python3 python3-venv slurmd slurm-client munge nfs-common mdadm e2fsprogs xfsprogs nvme-cli dbus iptables" ;;
     *) echo "install.sh: --role head or --role compute" >&2; exit 2 ;;
 esac
 # The answers the packages' questions get (debconf-set-selections lines): no SGE cell

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cfncluster_node.aws import Aws
-from cfncluster_node.local.cloud import LOOPBACK_VPC, ClusterResources, loopback_subnet
+from cfncluster_node.local.cloud import ClusterResources, loopback_subnet
 from cfncluster_node.stack.clusterconfig import ClusterConfig
 
 # Who may send on a made-up cluster's queue (its topic, its compute role).
@@ -44,7 +44,6 @@ BASE: dict[str, Any] = {
         "vpc_id": "vpc-0123456789abcdef0",
         "subnet_id": "subnet-0123456789abcdef0",
         "availability_zone": "us-east-1a",
-        "vpc_cidr": "10.0.0.0/16",
     },
     "head_node": {"image_id": "ami-0123456789abcdef0"},
     "compute": {"image_id": "ami-0fedcba9876543210", "max_size": 8},
@@ -75,16 +74,13 @@ async def on_moto(
     default VPC, for hosts of a network namespace of the test's own (the VM test's)."""
     if default_vpc:
         [subnet, *_] = (await aws.call("ec2", "describe_subnets"))["Subnets"]
-        cidr = "172.31.0.0/16"
     else:
         subnet_id = await loopback_subnet(aws)
         found = await aws.call("ec2", "describe_subnets", SubnetIds=[subnet_id])
         [subnet] = found["Subnets"]
-        cidr = LOOPBACK_VPC
     network = {
         "vpc_id": subnet["VpcId"],
         "subnet_id": subnet["SubnetId"],
         "availability_zone": subnet["AvailabilityZone"],
-        "vpc_cidr": cidr,
     }
     return cluster_config(**{"network": network, **sections})

@@ -72,9 +72,9 @@ def replaced(old: str, new: str) -> str:
             "cluster.toml: key 'shared_volume': kms_key_id needs encrypted = true",
         ),
         (
-            'vpc_cidr = "10.0.0.0/16"',
-            'vpc_cidr = "10.0.0.0/33"',
-            "cluster.toml: key 'network.vpc_cidr': expected a valid IPv4 network",
+            'ssh_from = "203.0.113.0/24"',
+            'ssh_from = "203.0.113.0/33"',
+            "cluster.toml: key 'network.ssh_from': expected a valid IPv4 network",
         ),
         (
             'image_id = "ami-0123456789abcdef0"',

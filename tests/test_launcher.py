@@ -17,12 +17,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from aiobotocore.session import get_session
 from rich.console import Console
 
 from cfncluster_node import config, imds
 from cfncluster_node.aws import Aws
-from cfncluster_node.config import Config, StorageSettings
-from cfncluster_node.local.cloud import Instances, MotoServer, publish_autoscaling, queue_depth
+from cfncluster_node.config import Config, ConfigError, StorageSettings
+from cfncluster_node.local.cloud import (
+    ACCOUNT,
+    Instances,
+    MotoServer,
+    publish_autoscaling,
+    queue_depth,
+)
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node import readiness, services
 from cfncluster_node.stack import launcher, template
@@ -285,3 +292,42 @@ def test_an_update_says_what_it_does_to_the_head_node_before_it_happens() -> Non
     assert slower_change.sections == ("scalein",)
     assert slower_change.describe() == "restarts scalein on the head node"
     assert launcher.config_change(deployed, hooked).daemon
+
+
+async def test_a_template_bucket_someone_else_owns_is_refused_with_the_fix(aws: Aws) -> None:
+    # Another account takes the predictable name first (its credentials: an STS session
+    # of a role in that account).
+    stranger = await aws.call(
+        "sts",
+        "assume_role",
+        RoleArn="arn:aws:iam::999999999999:role/squatter",
+        RoleSessionName="squatter",
+    )
+    credentials = stranger["Credentials"]
+    session = get_session()
+    async with session.create_client(
+        "s3",
+        region_name=REGION,
+        aws_access_key_id=credentials["AccessKeyId"],
+        aws_secret_access_key=credentials["SecretAccessKey"],
+        aws_session_token=credentials["SessionToken"],
+    ) as s3:
+        await s3.create_bucket(Bucket=f"cfncluster-node-{ACCOUNT}-{REGION}")
+    stacks = launcher.Launcher(aws, REGION, console())
+
+    with pytest.raises(ConfigError) as refused:
+        await stacks.create("c1", await on_moto(aws))
+
+    assert "belongs to another account" in str(refused.value)
+    assert "'cluster.template_bucket'" in str(refused.value)
+    assert await stacks.describe("c1") is None  # nothing was created
+
+
+async def test_the_template_goes_only_into_a_bucket_this_account_owns(aws: Aws) -> None:
+    # A bucket of ours, named in cluster.toml, is used as it is.
+    await aws.call("s3", "create_bucket", Bucket="ops-templates")
+    cluster = await on_moto(aws, cluster={"region": REGION, "template_bucket": "ops-templates"})
+
+    url = await launcher.Launcher(aws, REGION, console()).upload("c1", cluster)
+
+    assert url.startswith(f"https://ops-templates.s3.{REGION}.amazonaws.com/c1/template-")

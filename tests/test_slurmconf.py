@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from cfncluster_node import protocol
 from cfncluster_node.schedulers.slurmconf import Partition, SlurmCluster, cgroup_conf, render
 
 HEAD = SlurmCluster(
@@ -84,3 +85,9 @@ def test_each_key_is_set_once_and_the_same_facts_give_the_same_text() -> None:
     assert render(HEAD) == render(replace(HEAD))
     assert {key: len(values) for key, values in conf.items() if len(values) > 1} == {}
     assert "SlurmctldLogFile" not in conf  # slurmctld logs to the journal
+
+
+def test_srun_listens_where_the_head_nodes_security_group_is_open() -> None:
+    text = render(SlurmCluster("c1", "head", "10.0.0.5", max_nodes=8))
+
+    assert f"SrunPortRange={protocol.SRUN_PORTS[0]}-{protocol.SRUN_PORTS[1]}\n" in text

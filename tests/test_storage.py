@@ -308,16 +308,37 @@ def test_instance_store_disks_become_one_striped_volume_and_come_back_after_a_re
 
 
 def test_an_exported_volume_gets_its_nfs_export_once() -> None:
-    volume = Volume("/dev/loop9", "/shared", export_to="10.0.0.0/16")
+    volume = Volume("/dev/loop9", "/shared", export_to=("10.0.1.0/24",))
     existing = Device("/dev/loop9", fs_type="ext4", uuid="u", usage="filesystem")
     mounted = [Mount("/dev/loop9", "/shared", "ext4")]
 
     first = plan_volume(volume, existing, mounted, {"/shared"})
-    exported = exports_of("/shared 10.0.0.0/16(rw,sync,no_root_squash,no_subtree_check)\n")
+    exported = exports_of("/shared 10.0.1.0/24(rw,sync,no_subtree_check,root_squash)\n")
     again = plan_volume(volume, existing, mounted, {"/shared"}, exported=exported)
 
-    assert first == [Export("/shared", "10.0.0.0/16")]
+    assert first == [Export("/shared", "10.0.1.0/24(rw,sync,no_subtree_check,root_squash)")]
     assert again == []
+
+
+def test_an_export_to_other_networks_or_without_root_squash_is_rewritten() -> None:
+    existing = Device("/dev/loop9", fs_type="ext4", uuid="u", usage="filesystem")
+    mounted = [Mount("/dev/loop9", "/shared", "ext4")]
+    # What an older head node exported: the whole VPC, root unsquashed.
+    exported = exports_of("/shared 10.0.0.0/16(rw,sync,no_root_squash,no_subtree_check)\n")
+
+    for volume, clients in (
+        (
+            Volume("/dev/loop9", "/shared", export_to=("10.0.1.0/24", "10.0.2.0/24")),
+            "10.0.1.0/24(rw,sync,no_subtree_check,root_squash) "
+            "10.0.2.0/24(rw,sync,no_subtree_check,root_squash)",
+        ),
+        (
+            Volume("/dev/loop9", "/shared", export_to=("10.0.0.0/16",), root_squash=False),
+            "10.0.0.0/16(rw,sync,no_subtree_check,no_root_squash)",
+        ),
+    ):
+        steps = plan_volume(volume, existing, mounted, {"/shared"}, exported=exported)
+        assert steps == [Export("/shared", clients)]
 
 
 @pytest.fixture
@@ -331,10 +352,10 @@ def exports_file() -> Iterator[Path]:
     subprocess.run(["exportfs", "-ra"], capture_output=True)
 
 
-def test_the_shared_volume_is_exported_to_the_vpc_over_nfs(
+def test_the_shared_volume_is_exported_to_the_compute_subnet_with_root_squashed(
     loop_device: str, tmp_path: Path, exports_file: Path
 ) -> None:
-    volume = Volume(loop_device, str(tmp_path / "shared"), export_to="10.0.0.0/16")
+    volume = Volume(loop_device, str(tmp_path / "shared"), export_to=("10.0.1.0/24",))
 
     set_up(volume, fstab=tmp_path / "fstab", exports=exports_file)
     again = set_up(volume, fstab=tmp_path / "fstab", exports=exports_file)
@@ -343,7 +364,8 @@ def test_the_shared_volume_is_exported_to_the_vpc_over_nfs(
     # What the NFS server now exports: its export table.
     table = Path("/var/lib/nfs/etab").read_text().splitlines()
     [line] = [line for line in table if line.startswith(f"{tmp_path / 'shared'}\t")]
-    assert "\t10.0.0.0/16(rw," in line and ",no_root_squash," in line
+    assert "\t10.0.1.0/24(rw," in line
+    assert ",root_squash," in line and "no_root_squash" not in line
 
 
 def write_partition_table(device: str) -> None:

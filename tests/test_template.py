@@ -170,6 +170,7 @@ def node_config(cluster: ClusterConfig) -> Config:
         "${InstanceTable}": "c1-instances",
         "${Queue}": "https://sqs.us-east-1.amazonaws.com/123456789012/c1-queue",
         "${Topic}": "arn:aws:sns:us-east-1:123456789012:c1-events",
+        "${ComputeSubnetCidr}": "10.0.1.0/24",
         "${ComputeRole.RoleId}": "AROAEXAMPLEROLEID0001",
         "${SharedVolume}": "vol-0123456789abcdef0",
         "${MungeKey}": "arn:aws:secretsmanager:us-east-1:123456789012:secret:c1-munge-key-AbCdEf",
@@ -192,7 +193,9 @@ def test_the_head_node_config_names_the_stacks_resources() -> None:
     assert settings.supervisor.services == ["sqswatcher", "publisher", "reconciler", "scalein"]
     [shared] = settings.storage.shared
     assert (shared.volume_id, shared.device) == ("vol-0123456789abcdef0", template.SHARED_DEVICE)
-    assert str(shared.export_to) == "10.0.0.0/16"
+    # Exported to the compute subnet alone, not the VPC, root squashed.
+    assert [str(network) for network in shared.export_to] == ["10.0.1.0/24"]
+    assert shared.root_squash
     assert settings.storage.scratch is not None
 
 
@@ -234,3 +237,70 @@ def test_compute_nodes_get_their_compute_toml_and_start_their_unit() -> None:
     assert script.rstrip().endswith("systemctl enable --now cfncluster-compute.service")
     for placeholder in ("${Queue}", "${HeadNode.PrivateIp}", "${MungeKey}", "${AWS::Region}"):
         assert placeholder in template.compute_config(cluster)
+
+
+def test_every_instance_requires_imdsv2_with_a_hop_limit_of_one() -> None:
+    found = resources(FULL)
+    launch_data = found["ComputeLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+
+    for options in (
+        found[template.HEAD_NODE]["Properties"]["MetadataOptions"],
+        launch_data["MetadataOptions"],
+    ):
+        assert options == {
+            "HttpEndpoint": "enabled",
+            "HttpTokens": "required",
+            "HttpPutResponseHopLimit": 1,
+        }
+
+
+def test_the_head_node_opens_only_its_services_to_the_compute_nodes() -> None:
+    found = resources(FULL)
+    rules = {
+        logical_id: resource["Properties"]
+        for logical_id, resource in found.items()
+        if resource["Type"] == "AWS::EC2::SecurityGroupIngress"
+    }
+
+    def opened(group: str, source: str) -> set[tuple[str, int | None, int | None]]:
+        return {
+            (rule["IpProtocol"], rule.get("FromPort"), rule.get("ToPort"))
+            for rule in rules.values()
+            if rule["GroupId"] == {"Fn::GetAtt": [group, "GroupId"]}
+            and rule["SourceSecurityGroupId"] == {"Fn::GetAtt": [source, "GroupId"]}
+        }
+
+    head, compute = "HeadNodeSecurityGroup", "ComputeSecurityGroup"
+    # slurmctld, srun's steps, NFSv4, SGE's qmaster: and nothing else.
+    assert opened(head, compute) == {
+        ("tcp", 6817, 6817),
+        ("tcp", 60001, 63000),
+        ("tcp", 2049, 2049),
+        ("tcp", 6444, 6444),
+    }
+    # slurmd, SGE's execd, SSH.
+    assert opened(compute, head) == {("tcp", 6818, 6818), ("tcp", 6445, 6445), ("tcp", 22, 22)}
+    # Among compute nodes, their jobs' MPI and srun: anything.
+    assert opened(compute, compute) == {("-1", None, None)}
+    assert opened(head, head) == set()
+    # From outside, SSH to the head node alone, from ssh_from; no CIDR opens anything else.
+    inline = found[head]["Properties"]["SecurityGroupIngress"]
+    assert inline == [
+        {
+            "IpProtocol": "tcp",
+            "FromPort": 22,
+            "ToPort": 22,
+            "CidrIp": "203.0.113.0/24",
+            "Description": "SSH to the head node",
+        }
+    ]
+    assert found[compute]["Properties"]["SecurityGroupIngress"] == []
+    assert "CidrIp" not in json.dumps(rules)
+
+
+def test_a_cluster_may_keep_root_unsquashed_on_its_shared_volume() -> None:
+    unsquashed = cluster_config(shared_volume={"root_squash": False})
+
+    [shared] = node_config(unsquashed).storage.shared
+
+    assert not shared.root_squash

@@ -130,7 +130,6 @@ async def demo_cluster(aws: Aws, scenario: Scenario) -> ClusterConfig:
                 "vpc_id": vpc,
                 "subnet_id": subnet["SubnetId"],
                 "availability_zone": subnet["AvailabilityZone"],
-                "vpc_cidr": ComputeNodes.NETWORK,
             },
             "head_node": {"image_id": "ami-12c6146b"},
             "compute": {"image_id": "ami-12c6146b", "max_size": scenario.max_size},

@@ -52,6 +52,12 @@ and because moto's EC2 never frees a terminated instance's private address, whil
 gives it to the next instance, the case the head node's hostname ownership is built for:
 
 7. ``Instance.terminate`` releases the instance's private addresses in its subnet.
+
+and because moto's S3 ignores ``ExpectedBucketOwner``, on which the launcher relies to
+never upload a template into someone else's bucket of the predictable name:
+
+8. A bucket or object request whose ``x-amz-expected-bucket-owner`` is not the bucket's
+   account is refused with S3's 403 AccessDenied.
 """
 
 from __future__ import annotations
@@ -74,6 +80,8 @@ from moto.core import utils
 from moto.core.common_models import CloudFormationModel
 from moto.core.responses import EmptyResult
 from moto.ec2.models.instances import Instance
+from moto.s3.models import s3_backends
+from moto.s3.responses import S3Response
 from moto.secretsmanager.models import secretsmanager_backends
 from moto.server import main
 from moto.sqs import models
@@ -364,6 +372,24 @@ def _releasing_addresses(terminate: Any) -> Any:
     return wrapper
 
 
+_ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+)
+
+
+def _owned_as_expected(respond: Any) -> Any:
+    @functools.wraps(respond)
+    def wrapper(self: S3Response, request: Any, full_url: str) -> Any:
+        expected = request.headers.get("x-amz-expected-bucket-owner")
+        owner = s3_backends.bucket_accounts.get(self.parse_bucket_name_from_url(request, full_url))
+        if expected and owner is not None and owner[1] != expected:
+            return 403, {"content-type": "application/xml"}, _ACCESS_DENIED
+        return respond(self, request, full_url)
+
+    return wrapper
+
+
 class _StackSecret(CloudFormationModel):
     """AWS::SecretsManager::Secret: its Ref is the secret's ARN, as on AWS."""
 
@@ -481,6 +507,8 @@ def apply() -> None:
         (CloudFormationBackend, "describe_stack_events"),
         (CloudFormationResponse, "create_stack"),
         (Instance, "terminate"),
+        (S3Response, "_bucket_response"),
+        (S3Response, "_key_response"),
         (SQSResponse, "send_message"),
         (SQSResponse, "send_message_batch"),
     )
@@ -507,6 +535,8 @@ def apply() -> None:
     SQSResponse.send_message_batch = _sent_by_caller(SQSResponse.send_message_batch)  # type: ignore[method-assign]
     Message.__init__ = _with_sender(Message.__init__)  # type: ignore[method-assign]
     Instance.terminate = _releasing_addresses(Instance.terminate)  # type: ignore[method-assign]
+    S3Response._bucket_response = _owned_as_expected(S3Response._bucket_response)  # type: ignore[method-assign]
+    S3Response._key_response = _owned_as_expected(S3Response._key_response)  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """A compute node configures itself at every boot, then joins the cluster.
 
-In order, each step safe to run again: the operator's pre_install hook; the cluster's
-munge key and munge; the head node's shared volumes over NFS, waited for until the head
-node exports them; scratch from this node's own instance-store disks (the head node's
-storage code); slurmd, configless, fetching slurm.conf from slurmctld under this node's
-own name; the post_install hook; and only then ``announce ready``, so the head node
-registers a node that can run jobs. A node whose bootstrap fails announces nothing: it
-says why in the journal, and the reconciler's "never joined" deals with it.
+In order, each step safe to run again: the metadata service locked to root; the
+operator's pre_install hook; the cluster's munge key and munge; the head node's shared
+volumes over NFS, waited for until the head node exports them; scratch from this node's
+own instance-store disks (the head node's storage code); slurmd, configless, fetching
+slurm.conf from slurmctld under this node's own name; the post_install hook; and only
+then ``announce ready``, so the head node registers a node that can run jobs. A node
+whose bootstrap fails announces nothing: it says why in the journal, and the
+reconciler's "never joined" deals with it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from cfncluster_node import commands, logs, protocol
 from cfncluster_node.aws import Aws
 from cfncluster_node.config import ComputeConfig, ComputeNodeSettings
-from cfncluster_node.node import announce, bootstrap, hooks
+from cfncluster_node.node import announce, bootstrap, hooks, metadata
 from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.schedulers import slurm
 from cfncluster_node.storage import StorageError, setup
@@ -72,6 +73,9 @@ async def come_up(settings: ComputeConfig, aws: Aws) -> announce.Identity:
 
 async def _configure(settings: ComputeConfig, aws: Aws, clock: Stopwatch) -> announce.Identity:
     node = settings.compute
+    async with clock.step("metadata", OWN):
+        # Before any of the operator's or the users' code can run.
+        await metadata.lock(node.metadata_users)
     async with clock.step("pre_install", HOOK):
         await run_hook("pre_install", settings, aws)
     async with clock.step("munge_key", OWN):

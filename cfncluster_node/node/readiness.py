@@ -18,7 +18,7 @@ from collections.abc import Callable
 from cfncluster_node import imds, logs
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, Config
-from cfncluster_node.node import bootstrap, hooks, sdnotify
+from cfncluster_node.node import bootstrap, hooks, metadata, sdnotify
 from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.node.registry import Registry
 from cfncluster_node.schedulers import SchedulerError
@@ -81,8 +81,12 @@ async def bring_up(settings: Config, aws: Aws, registry: Registry) -> None:
     never start on a half-set-up node. The stack hears the outcome either way, with the
     step that failed."""
     stack = Readiness(aws, settings.cluster)
-    step = "pre_install"
+    step = "metadata"
     try:
+        if settings.bootstrap is not None:
+            # Before any of the operator's or the users' code can run.
+            await metadata.lock(settings.bootstrap.metadata_users)
+        step = "pre_install"
         await hooks.run(step, settings.hooks, aws, role="head")
         step = "storage"
         sdnotify.notify(STATUS="setting up storage")

@@ -14,12 +14,16 @@ What it settles, and why:
   would reach the wrong instance;
 - ``PrivateData=cloud``: cloud nodes stay visible to ``sinfo`` and ``scontrol``;
 - ``ReturnToService=2``: a node that was DOWN for not responding comes back by itself
-  once its slurmd registers again.
+  once its slurmd registers again;
+- ``SrunPortRange``: srun listens for its steps in the range the security group opens
+  on the head node (``protocol.SRUN_PORTS``), not on any ephemeral port.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from cfncluster_node import protocol
 
 # slurmd's own placeholder: a file per node when several slurmd share one file system.
 NODE_NAME = "%n"
@@ -43,8 +47,9 @@ class SlurmCluster:
     max_nodes: int
     feature: str = "compute"
     partitions: tuple[Partition, ...] = (Partition("compute", default=True),)
-    ctld_port: int = 6817
-    slurmd_port: int = 6818
+    ctld_port: int = protocol.SLURMCTLD_PORT
+    slurmd_port: int = protocol.SLURMD_PORT
+    srun_ports: tuple[int, int] = protocol.SRUN_PORTS
     # Debian's packages make these, owned by the slurm user.
     state_dir: str = "/var/lib/slurm/slurmctld"
     spool_dir: str = "/var/lib/slurm/slurmd"
@@ -76,6 +81,7 @@ def render(cluster: SlurmCluster) -> str:
         "CredType=cred/munge",
         f"SlurmctldPort={cluster.ctld_port}",
         f"SlurmdPort={cluster.slurmd_port}",
+        f"SrunPortRange={cluster.srun_ports[0]}-{cluster.srun_ports[1]}",
         f"StateSaveLocation={cluster.state_dir}",
         f"SlurmdSpoolDir={cluster.spool_dir}",
         f"SlurmctldPidFile={cluster.ctld_pid_file}",

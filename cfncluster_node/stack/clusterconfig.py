@@ -35,8 +35,6 @@ class NetworkSection(Section):
     subnet_id: str = Field(pattern=r"^subnet-[0-9a-f]{8,17}$")
     # The subnet's zone: the shared volume is created there, beside the head node.
     availability_zone: str = Field(pattern=r"^[a-z]{2}(-[a-z]+)+-\d[a-z]$")
-    # The VPC's CIDR: compute nodes reach the head node's NFS and scheduler from it.
-    vpc_cidr: IPv4Network
     # SSH to the head node from here; none: no SSH rule at all.
     ssh_from: IPv4Network | None = None
     public_ip: StrictBool = True
@@ -114,6 +112,8 @@ class SharedVolumeSection(Section):
     snapshot_id: str | None = Field(default=None, pattern=r"^snap-[0-9a-f]{8,17}$")
     mount_point: str = Field(default="/shared", pattern=r"^/[A-Za-z0-9/_.-]+$")
     fs_type: Literal["ext4", "xfs"] = "ext4"
+    # Root on a compute node is nobody on the share, unless this is false (README).
+    root_squash: StrictBool = True
     # What the stack's deletion does to the volume: it holds the users' data.
     on_stack_delete: Literal["retain", "snapshot", "delete"] = "retain"
 

@@ -128,7 +128,7 @@ class Launcher:
             "create_stack",
             StackName=name,
             TemplateURL=url,
-            Parameters=template.parameters(cluster),
+            Parameters=template.parameters(cluster, await self._subnet_cidr(cluster)),
             Capabilities=["CAPABILITY_IAM"],
             OnFailure="ROLLBACK" if rollback else "DO_NOTHING",
             Tags=[{"Key": TAG, "Value": __version__}],
@@ -160,7 +160,7 @@ class Launcher:
                 "update_stack",
                 StackName=current.stack_id,
                 TemplateURL=url,
-                Parameters=template.parameters(cluster),
+                Parameters=template.parameters(cluster, await self._subnet_cidr(cluster)),
                 Capabilities=["CAPABILITY_IAM"],
                 Tags=[{"Key": TAG, "Value": __version__}],
             )
@@ -256,25 +256,47 @@ class Launcher:
                 await asyncio.sleep(self._poll_s)
 
     async def upload(self, name: str, cluster: ClusterConfig) -> str:
-        """Put the rendered template in the region's bucket; return its URL."""
+        """Put the rendered template in the region's bucket; return its URL.
+
+        The bucket's name is predictable, so someone else may own a bucket of that name:
+        every call to it says whose it must be (ExpectedBucketOwner), and CreateStack
+        only ever reads a template this account wrote.
+        """
         body = template.to_json(template.render(cluster)).encode()
-        bucket = cluster.cluster.template_bucket or await self._default_bucket()
-        await self._ensure_bucket(bucket)
+        account = str((await self._aws.call("sts", "get_caller_identity"))["Account"])
+        bucket = cluster.cluster.template_bucket or f"cfncluster-node-{account}-{self._region}"
+        await self._ensure_bucket(bucket, account)
         key = f"{name}/template-{hashlib.sha256(body).hexdigest()[:16]}.json"
         await self._aws.call(
-            "s3", "put_object", Bucket=bucket, Key=key, Body=body, ContentType="application/json"
+            "s3",
+            "put_object",
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            ContentType="application/json",
+            ExpectedBucketOwner=account,
         )
         return f"https://{bucket}.s3.{self._region}.amazonaws.com/{key}"
 
-    async def _default_bucket(self) -> str:
-        account = (await self._aws.call("sts", "get_caller_identity"))["Account"]
-        return f"cfncluster-node-{account}-{self._region}"
+    async def _subnet_cidr(self, cluster: ClusterConfig) -> str:
+        """The compute subnet's CIDR, which the head node exports the shared volumes to."""
+        subnet = cluster.network.subnet_id
+        found = await self._aws.call("ec2", "describe_subnets", SubnetIds=[subnet])
+        [described] = found["Subnets"]
+        return str(described["CidrBlock"])
 
-    async def _ensure_bucket(self, bucket: str) -> None:
+    async def _ensure_bucket(self, bucket: str, account: str) -> None:
+        taken = ConfigError(
+            f"s3://{bucket} belongs to another account than this one ({account}), or this "
+            "account may not use it: name a bucket of your own with key "
+            "'cluster.template_bucket'"
+        )
         try:
-            await self._aws.call("s3", "head_bucket", Bucket=bucket)
+            await self._aws.call("s3", "head_bucket", Bucket=bucket, ExpectedBucketOwner=account)
             return
         except AwsError as exc:
+            if exc.code in ("403", "AccessDenied", "Forbidden"):
+                raise taken from None
             if exc.code not in ("404", "NoSuchBucket", "NotFound"):
                 raise
         location = (
@@ -282,7 +304,13 @@ class Launcher:
             if self._region == "us-east-1"
             else {"CreateBucketConfiguration": {"LocationConstraint": self._region}}
         )
-        await self._aws.call("s3", "create_bucket", Bucket=bucket, **location)
+        try:
+            await self._aws.call("s3", "create_bucket", Bucket=bucket, **location)
+        except AwsError as exc:
+            if exc.code == "BucketAlreadyExists":  # someone else's, made meanwhile
+                raise taken from None
+            if exc.code != "BucketAlreadyOwnedByYou":
+                raise
         self._console.print(f"created template bucket s3://{bucket}")
 
     async def _events(self, stack_id: str) -> list[dict[str, Any]]:

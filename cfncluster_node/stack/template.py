@@ -55,6 +55,16 @@ def _tags(name: str) -> list[Json]:
     return [{"Key": "Name", "Value": _sub(name)}]
 
 
+# IMDSv2 only (a token first, so a forwarded request cannot read it), and a hop limit of
+# one: a container or anything routed through the node gets no answer. Who on the node
+# may ask at all is the bootstrap's business (node/metadata.py).
+METADATA_OPTIONS: Json = {
+    "HttpEndpoint": "enabled",
+    "HttpTokens": "required",
+    "HttpPutResponseHopLimit": 1,
+}
+
+
 def render(cluster: ClusterConfig) -> Json:
     resources: Json = {
         **_messaging(),
@@ -90,16 +100,19 @@ _NETWORK_PARAMETERS = {
     "VpcId": ("AWS::EC2::VPC::Id", "the cluster's VPC"),
     "SubnetId": ("AWS::EC2::Subnet::Id", "the subnet of every instance"),
     "AvailabilityZone": ("AWS::EC2::AvailabilityZone::Name", "the subnet's zone"),
+    "ComputeSubnetCidr": ("String", "the compute subnet's CIDR: NFS exports go to it alone"),
 }
 
 
-def parameters(cluster: ClusterConfig) -> list[dict[str, str]]:
-    """CreateStack's Parameters for ``render(cluster)``."""
+def parameters(cluster: ClusterConfig, compute_cidr: str) -> list[dict[str, str]]:
+    """CreateStack's Parameters for ``render(cluster)``; ``compute_cidr``: the CIDR of
+    the compute nodes' subnet, as EC2 describes it."""
     network = cluster.network
     values = {
         "VpcId": network.vpc_id,
         "SubnetId": network.subnet_id,
         "AvailabilityZone": network.availability_zone,
+        "ComputeSubnetCidr": compute_cidr,
     }
     return [{"ParameterKey": key, "ParameterValue": value} for key, value in values.items()]
 
@@ -189,40 +202,80 @@ def _table() -> Json:
     }
 
 
+# What the head node serves the compute nodes, and what they serve it: nothing else
+# crosses between them. (name, protocol, first port, last port).
+_HEAD_SERVES = [
+    ("Slurmctld", "tcp", protocol.SLURMCTLD_PORT, protocol.SLURMCTLD_PORT),
+    ("SrunSteps", "tcp", *protocol.SRUN_PORTS),
+    ("Nfs", "tcp", protocol.NFS_PORT, protocol.NFS_PORT),
+    ("SgeQmaster", "tcp", protocol.SGE_QMASTER_PORT, protocol.SGE_QMASTER_PORT),
+]
+_COMPUTE_SERVES = [
+    ("Slurmd", "tcp", protocol.SLURMD_PORT, protocol.SLURMD_PORT),
+    ("SgeExecd", "tcp", protocol.SGE_EXECD_PORT, protocol.SGE_EXECD_PORT),
+    ("Ssh", "tcp", protocol.SSH_PORT, protocol.SSH_PORT),
+]
+
+
 def _security(cluster: ClusterConfig) -> Json:
+    """One group for the head node, one for the compute nodes. Between them, only the
+    ports the schedulers, NFS and SSH use; among the compute nodes, anything, as their
+    jobs' MPI and srun need; from outside, SSH to the head node from ``ssh_from``."""
     network = cluster.network
-    # NFS, the scheduler's ports and MPI: any port between the cluster's instances.
-    ingress: list[Json] = [
-        {
-            "IpProtocol": protocol,
-            "FromPort": 0,
-            "ToPort": 65535,
-            "CidrIp": str(network.vpc_cidr),
-            "Description": "cluster traffic",
-        }
-        for protocol in ("tcp", "udp")
-    ]
+    head_ingress: list[Json] = []
     if network.ssh_from is not None:
-        ingress.append(
+        head_ingress.append(
             {
                 "IpProtocol": "tcp",
-                "FromPort": 22,
-                "ToPort": 22,
+                "FromPort": protocol.SSH_PORT,
+                "ToPort": protocol.SSH_PORT,
                 "CidrIp": str(network.ssh_from),
                 "Description": "SSH to the head node",
             }
         )
-    return {
-        "SecurityGroup": {
-            "Type": "AWS::EC2::SecurityGroup",
-            "Properties": {
-                "GroupDescription": _sub("cfncluster-node ${AWS::StackName}"),
-                "VpcId": _ref("VpcId"),
-                "SecurityGroupIngress": ingress,
-                "Tags": _tags("${AWS::StackName}"),
-            },
-        }
+    resources: Json = {
+        "HeadNodeSecurityGroup": _security_group("${AWS::StackName} head node", head_ingress),
+        "ComputeSecurityGroup": _security_group("${AWS::StackName} compute nodes", []),
+        "ComputeFromCompute": _ingress(
+            "ComputeSecurityGroup", "ComputeSecurityGroup", "-1", None, "the jobs' traffic"
+        ),
     }
+    for name, ip_protocol, first, last in _HEAD_SERVES:
+        resources[f"HeadFromCompute{name}"] = _ingress(
+            "HeadNodeSecurityGroup", "ComputeSecurityGroup", ip_protocol, (first, last), name
+        )
+    for name, ip_protocol, first, last in _COMPUTE_SERVES:
+        resources[f"ComputeFromHead{name}"] = _ingress(
+            "ComputeSecurityGroup", "HeadNodeSecurityGroup", ip_protocol, (first, last), name
+        )
+    return resources
+
+
+def _security_group(description: str, ingress: list[Json]) -> Json:
+    return {
+        "Type": "AWS::EC2::SecurityGroup",
+        "Properties": {
+            "GroupDescription": _sub(description),
+            "VpcId": _ref("VpcId"),
+            "SecurityGroupIngress": ingress,
+            "Tags": _tags(description.replace(" ", "-")),
+        },
+    }
+
+
+def _ingress(
+    group: str, source: str, ip_protocol: str, ports: tuple[int, int] | None, what: str
+) -> Json:
+    """A rule of its own: a group that names another (or itself) cannot be inline."""
+    properties: Json = {
+        "GroupId": _att(group, "GroupId"),
+        "SourceSecurityGroupId": _att(source, "GroupId"),
+        "IpProtocol": ip_protocol,
+        "Description": what,
+    }
+    if ports is not None:
+        properties.update(FromPort=ports[0], ToPort=ports[1])
+    return {"Type": "AWS::EC2::SecurityGroupIngress", "Properties": properties}
 
 
 def _role(name: str, statements: list[Json]) -> Json:
@@ -304,7 +357,8 @@ def node_config(cluster: ClusterConfig) -> str:
         'volume_id = "${SharedVolume}"',
         f'mount_point = "{volume.mount_point}"',
         f'fs_type = "{volume.fs_type}"',
-        f'export_to = "{cluster.network.vpc_cidr}"',
+        'export_to = ["${ComputeSubnetCidr}"]',
+        f"root_squash = {json.dumps(volume.root_squash)}",
         "",
         "[bootstrap]",
         'munge_key_secret = "${MungeKey}"',
@@ -388,11 +442,12 @@ def _head_node(cluster: ClusterConfig) -> Json:
             {
                 "DeviceIndex": "0",
                 "SubnetId": _ref("SubnetId"),
-                "GroupSet": [_ref("SecurityGroup")],
+                "GroupSet": [_ref("HeadNodeSecurityGroup")],
                 "AssociatePublicIpAddress": cluster.network.public_ip,
             }
         ],
         "UserData": {"Fn::Base64": _sub(_head_node_user_data())},
+        "MetadataOptions": METADATA_OPTIONS,
         "Tags": _tags("${AWS::StackName}-head"),
     }
     if cluster.cluster.key_name:
@@ -464,8 +519,9 @@ def _compute(cluster: ClusterConfig) -> Json:
         "ImageId": compute.image_id,
         "InstanceType": compute.instance_type,
         "IamInstanceProfile": {"Arn": _att("ComputeProfile", "Arn")},
-        "SecurityGroupIds": [_ref("SecurityGroup")],
+        "SecurityGroupIds": [_ref("ComputeSecurityGroup")],
         "UserData": {"Fn::Base64": _sub(_compute_user_data(cluster))},
+        "MetadataOptions": METADATA_OPTIONS,
     }
     if cluster.cluster.key_name:
         data["KeyName"] = cluster.cluster.key_name

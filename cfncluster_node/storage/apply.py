@@ -26,9 +26,6 @@ _MKFS_TIMEOUT_S = 600.0  # a large volume
 _TIMEOUT_S = 60.0
 
 
-EXPORT_OPTIONS = "rw,sync,no_root_squash,no_subtree_check"
-
-
 async def apply(
     steps: list[Step], *, fstab: Path | None = None, exports: Path | None = None
 ) -> None:
@@ -43,10 +40,10 @@ async def apply(
 
 async def _apply(step: Step, fstab: Path | None, exports: Path | None) -> None:
     match step:
-        case Export(path, network):
+        case Export(path, clients):
             if exports is None:
                 raise StorageError(f"{path}: an export was planned but no exports file given")
-            await asyncio.to_thread(_export_line, exports, path, f"{network}({EXPORT_OPTIONS})")
+            await asyncio.to_thread(_export_line, exports, path, clients)
             await commands.run(["exportfs", "-ra"], timeout=_TIMEOUT_S)
         case AttachVolume(volume_id, _):
             raise StorageError(f"{volume_id}: attaching is storage setup's, not a step to apply")
@@ -95,8 +92,8 @@ def _describe(step: Step) -> str:
     match step:
         case AttachVolume(volume_id, device):
             return f"attach {volume_id} as {device}"
-        case Export(path, network):
-            return f"export {path} to {network}"
+        case Export(path, clients):
+            return f"export {path} to {clients}"
         case Format(device, fs_type, _):
             return f"mkfs.{fs_type} {device}"
         case MakeDir(path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Set as AbstractSet
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from cfncluster_node.storage import StorageError, raid
@@ -11,6 +11,9 @@ from cfncluster_node.storage.raid import Backend
 
 # An fstab line that cannot hang a boot: a missing volume is skipped, not waited for.
 FSTAB_OPTIONS = "defaults,_netdev,nofail"
+# Compute nodes write to a shared volume as their users; root on a compute node (any job
+# that gets it, or an operator's hook there) becomes nobody unless the cluster asks.
+_EXPORT_OPTIONS = "rw,sync,no_subtree_check"
 
 
 @dataclass(frozen=True)
@@ -21,15 +24,24 @@ class Volume:
     mount_point: str
     fs_type: str = "ext4"
     label: str | None = None
-    export_to: str | None = None  # a CIDR
+    export_to: tuple[str, ...] = ()  # the networks (CIDRs) of the compute nodes
+    root_squash: bool = True
 
 
 @dataclass(frozen=True)
 class Export:
-    """An NFS export line (rw, sync, no_root_squash), then ``exportfs -ra``."""
+    """The path's NFS export line (``clients``: each network with its options), then
+    ``exportfs -ra``."""
 
     path: str
-    network: str
+    clients: str
+
+
+def export_clients(networks: Sequence[str], *, root_squash: bool) -> str:
+    """What follows the path on its exports line: each network, read-write, with root
+    squashed unless asked otherwise."""
+    squash = "root_squash" if root_squash else "no_root_squash"
+    return " ".join(f"{network}({_EXPORT_OPTIONS},{squash})" for network in networks)
 
 
 @dataclass(frozen=True)
@@ -117,7 +129,7 @@ def plan_volume(
     mounts: list[Mount],
     fstab_mount_points: set[str],
     *,
-    exported: AbstractSet[tuple[str, str]] = frozenset(),
+    exported: Mapping[str, str] | None = None,
     destroy: bool = False,
 ) -> list[Step]:
     """The steps that make ``volume`` formatted, mounted, in fstab and exported; [] when
@@ -146,18 +158,20 @@ def plan_volume(
         steps += [MakeDir(volume.mount_point), MountDevice(device.path, volume.mount_point)]
     if volume.mount_point not in fstab_mount_points:
         steps.append(FstabEntry(device.path, volume.mount_point))
-    if volume.export_to and (volume.mount_point, volume.export_to) not in exported:
-        steps.append(Export(volume.mount_point, volume.export_to))
+    if volume.export_to:
+        clients = export_clients(volume.export_to, root_squash=volume.root_squash)
+        if (exported or {}).get(volume.mount_point) != clients:
+            steps.append(Export(volume.mount_point, clients))
     return steps
 
 
-def exports_of(text: str) -> set[tuple[str, str]]:
-    """(path, network) pairs of an exports file: ``/shared 10.0.0.0/16(rw,...)``."""
-    found = set()
+def exports_of(text: str) -> dict[str, str]:
+    """Each path of an exports file and its clients: ``/shared 10.0.1.0/24(rw,...)``."""
+    found = {}
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 2 and not fields[0].startswith("#"):
-            found |= {(fields[0], client.split("(")[0]) for client in fields[1:]}
+            found[fields[0]] = " ".join(fields[1:])
     return found
 
 

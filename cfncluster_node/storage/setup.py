@@ -131,8 +131,14 @@ async def set_up_all(
                 steps.append(AttachVolume(shared.volume_id, shared.device))
                 continue
             device = found
-        export_to = str(shared.export_to) if shared.export_to else None
-        volume = Volume(device, shared.mount_point, shared.fs_type, shared.label, export_to)
+        volume = Volume(
+            device,
+            shared.mount_point,
+            shared.fs_type,
+            shared.label,
+            export_to=tuple(str(network) for network in shared.export_to),
+            root_squash=shared.root_squash,
+        )
         steps += await set_up_volume(
             volume,
             fstab=settings.fstab,
