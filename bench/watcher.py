@@ -62,16 +62,16 @@ from cfncluster_node.local.cloud import (
     Instances,
     Member,
     MotoServer,
-    autoscaling_notification,
     create_cluster_resources,
     create_compute_group,
+    forgeries,
 )
 from cfncluster_node.local.slurm import LocalSlurm, SlurmUnavailable
 from cfncluster_node.node.instances import InstanceTable
 from cfncluster_node.node.records import InstanceRecord, InstanceState
 from cfncluster_node.node.registry import Registry
 from cfncluster_node.node.sqswatcher import SqsWatcher
-from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT, TERMINATE_EVENT, table_definition
+from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT, table_definition
 from cfncluster_node.schedulers import Host
 from cfncluster_node.schedulers.slurm import Slurm
 
@@ -584,21 +584,7 @@ async def run_flood(bench: Bench, attacker: Member, victim: Member, count: int) 
     """A job on ``attacker`` sends ``count`` messages that must all be dead-lettered:
     unreadable bodies, forged events about ``victim``, its own joins under ``victim``'s
     name and address."""
-    forged_terminate = json.dumps(
-        {
-            "Type": "Notification",
-            "TopicArn": bench.topic_arn,
-            "Message": autoscaling_notification(TERMINATE_EVENT, victim.instance_id),
-        }
-    )
-    kinds = [
-        "{not json",
-        notice(LEAVE_EVENT, victim),
-        notice(READY_EVENT, victim),
-        forged_terminate,
-        attacker.notice(hostname=victim.hostname),
-        attacker.notice(address=victim.address),
-    ]
+    kinds = forgeries(attacker, victim, bench.topic_arn)
     garbage = [kinds[n % len(kinds)] for n in range(count)]
     before = await slurm_nodes(bench.slurm_conf)
     dead_before = await depth(bench.aws, bench.dead_letter_url)

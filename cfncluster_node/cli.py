@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from cfncluster_node.node import (
 from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.node.service import Service
 from cfncluster_node.schedulers import SchedulerError
-from cfncluster_node.stack import clusterconfig, launcher
+from cfncluster_node.stack import clusterconfig, launcher, policy, template
 from cfncluster_node.storage import StorageError, setup
 from cfncluster_node.storage.plan import Step
 
@@ -181,6 +182,21 @@ def _launch_parser(commands: Any) -> None:
         if action == "status":
             sub.add_argument("--watch", action="store_true", help="follow it until it settles")
 
+    shown = actions.add_parser(
+        "template", help="print the stack's template, roles and all, without calling AWS"
+    )
+    shown.add_argument("name")
+    shown.add_argument("--config", type=Path, required=True, help="the cluster's TOML file")
+    shown.set_defaults(handler=_launch_offline, action="template")
+
+    needs = actions.add_parser(
+        "policy", help="print the IAM policy an operator needs to launch this cluster"
+    )
+    needs.add_argument("name")
+    needs.add_argument("--config", type=Path, required=True, help="the cluster's TOML file")
+    needs.add_argument("--account", help="the account's id (default: the caller's, from STS)")
+    needs.set_defaults(handler=_launch_offline, action="policy")
+
     every = actions.add_parser("list", help="the clusters this tool created in a region")
     every.add_argument("--region", help=region_help)
     every.set_defaults(handler=_launch, action="list")
@@ -237,6 +253,33 @@ def _launch(args: argparse.Namespace) -> int:
             f"cfncluster-node launch status {args.name} --region {region} --watch"
         )
         return EXIT_INTERRUPTED
+
+
+def _launch_offline(args: argparse.Namespace) -> int:
+    """What an operator reviews before a cluster exists: its template, or the policy that
+    launching it needs. The template calls nothing; the policy asks STS whose account
+    this is unless told."""
+    name = launcher.check_name(args.name)
+    cluster = clusterconfig.load(args.config)
+    if args.action == "template":
+        print(template.to_json(template.render(cluster)))
+        return 0
+    account = args.account
+    if account is None:
+
+        async def caller() -> str:
+            async with Aws(AwsSettings(), cluster.cluster.region) as aws:
+                return str((await aws.call("sts", "get_caller_identity"))["Account"])
+
+        account = asyncio.run(caller())
+    document = policy.document(policy.operator_statements(cluster))
+    print(
+        json.dumps(
+            policy.resolved(document, stack=name, region=cluster.cluster.region, account=account),
+            indent=2,
+        )
+    )
+    return 0
 
 
 def _operator_region(explicit: str | None) -> str:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import boto3
 import pytest
 
 from cfncluster_node import aws as aws_module
@@ -81,17 +82,37 @@ SESSION_CALLS: list[privilege.Call] = []
 POLICIES = privilege.Policies.of(CLUSTER_CONFIG, REGION)
 
 
+def moto_tags(ids: list[str]) -> dict[str, dict[str, str]]:
+    """EC2 resources' tags as moto holds them (after the test, before the next reset)."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    found: dict[str, dict[str, str]] = {}
+    filters = [{"Name": "resource-id", "Values": ids}]
+    for page in ec2.get_paginator("describe_tags").paginate(Filters=filters):
+        for tag in page["Tags"]:
+            found.setdefault(tag["ResourceId"], {})[tag["Key"]] = tag["Value"]
+    return found
+
+
 @pytest.fixture(autouse=True)
-def least_privilege() -> Iterator[None]:
-    """Fails the test whose code makes an AWS call its role's policy does not allow."""
-    recorder = privilege.Recorder()
+def least_privilege(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fails the test whose code makes an AWS call its role's policy does not allow: the
+    policies of CLUSTER_CONFIG, for the stack ``test``, unless a ``privilege`` marker names
+    another ``stack`` or ``cluster`` config."""
+    marker = request.node.get_closest_marker("privilege")
+    options = marker.kwargs if marker else {}
+    stack = options.get("stack", "test")
+    policies = (
+        privilege.Policies.of(options["cluster"], REGION) if "cluster" in options else POLICIES
+    )
+    recorder = privilege.Recorder(moto_tags)
     aws_module.observers.append(recorder)
     try:
         yield
     finally:
         aws_module.observers.remove(recorder)
-    SESSION_CALLS.extend(recorder.calls)
-    denied = sorted({str(call) for call in recorder.calls if not POLICIES.allows(call)})
+    calls = privilege.resolve_tags(recorder.calls, moto_tags)
+    SESSION_CALLS.extend(calls)
+    denied = sorted({str(call) for call in calls if not policies.allows(call, stack)})
     assert not denied, "calls the stack's IAM policies do not allow:\n" + "\n".join(denied)
 
 

@@ -46,6 +46,7 @@ munge_key_secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:boot-mu
 """
 
 
+@pytest.mark.privilege(stack="boot")
 async def test_the_stacks_own_secret_becomes_the_munge_key_readable_by_munge_alone(
     aws: Aws, slurm: LocalSlurm, metadata_service: MetadataService, tmp_path: Path
 ) -> None:

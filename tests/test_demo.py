@@ -14,6 +14,7 @@ def summary_row(stdout: str, label: str) -> str:
 
 
 @pytest.mark.real
+@pytest.mark.privilege(stack="demo")
 def test_quick_demo_grows_runs_the_jobs_scales_in_and_reports_ok() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cfncluster_node", "demo", "--quick"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,14 +45,33 @@ def test_a_xen_volume_asked_as_sdf_shows_up_as_xvdf(tmp_path: Path) -> None:
     assert find_device(VOLUME, "/dev/sdf", sys_block=sys_block, dev=dev) == f"{dev}/xvdf"
 
 
-async def instance_and_volume(aws: Aws) -> tuple[str, str, str]:
-    """This instance, a volume in its zone, and another instance."""
+def stack_tags(kind: str, stack: str = "test") -> list[dict[str, Any]]:
+    """What CloudFormation tags a stack's resources with: the head role may attach only
+    the stack's volume, to the stack's instance."""
+    return [
+        {"ResourceType": kind, "Tags": [{"Key": "aws:cloudformation:stack-name", "Value": stack}]}
+    ]
+
+
+async def instance_and_volume(aws: Aws, *, stack: str = "test") -> tuple[str, str, str]:
+    """This instance, a volume of ``stack`` in its zone, and another instance."""
     launched = await aws.call(
-        "ec2", "run_instances", ImageId="ami-12c6146b", MinCount=2, MaxCount=2
+        "ec2",
+        "run_instances",
+        ImageId="ami-12c6146b",
+        MinCount=2,
+        MaxCount=2,
+        TagSpecifications=stack_tags("instance"),
     )
     [first, second] = launched["Instances"]
     zone = first["Placement"]["AvailabilityZone"]
-    volume = await aws.call("ec2", "create_volume", AvailabilityZone=zone, Size=1)
+    volume = await aws.call(
+        "ec2",
+        "create_volume",
+        AvailabilityZone=zone,
+        Size=1,
+        TagSpecifications=stack_tags("volume", stack),
+    )
     return first["InstanceId"], volume["VolumeId"], second["InstanceId"]
 
 

@@ -163,6 +163,7 @@ async def test_an_https_hook_is_fetched_over_verified_tls(
     assert ("stdout", "args: x|") in outputs(records)
 
 
+@pytest.mark.privilege(stack="hooked")
 async def test_a_failing_post_install_fails_the_stack_naming_the_hook_and_its_code(
     aws: Aws, slurm: LocalSlurm, metadata_service: MetadataService
 ) -> None:

@@ -24,7 +24,7 @@ from cfncluster_node.local.cloud import (
     Instances,
     Member,
     autoscaling_notification,
-    loopback_subnet,
+    forgeries,
     queue_depth,
     send_messages,
 )
@@ -238,28 +238,7 @@ async def test_a_join_dated_in_the_year_9999_does_not_keep_its_name_from_the_nex
     # The instance goes, and its address (so its name) goes to the next one.
     await fleet.leave(old)
     await drain(aws, cluster, slurm.settings)
-    await aws.call(
-        "autoscaling",
-        "terminate_instance_in_auto_scaling_group",
-        InstanceId=old.instance_id,
-        ShouldDecrementDesiredCapacity=True,
-    )
-    reused = await aws.call(
-        "ec2",
-        "run_instances",
-        ImageId="ami-12c6146b",
-        MinCount=1,
-        MaxCount=1,
-        SubnetId=await loopback_subnet(aws),
-        PrivateIpAddress=old.address,
-        TagSpecifications=[
-            {
-                "ResourceType": "instance",
-                "Tags": [{"Key": "aws:autoscaling:groupName", "Value": fleet.group}],
-            }
-        ],
-    )
-    [new] = await fleet.describe([reused["Instances"][0]["InstanceId"]])
+    new = await fleet.reuse_address(old)
     await fleet.join(new)
     await drain(aws, cluster, slurm.settings)
 
@@ -288,23 +267,7 @@ async def test_a_flood_of_garbage_costs_a_log_line_each_and_changes_nothing(
 ) -> None:
     # A job's worth of garbage: unreadable bodies, forged events for others, and its own
     # node's joins under names that are not its own.
-    forged_terminate = json.dumps(
-        {
-            "Type": "Notification",
-            "TopicArn": cluster.topic_arn,
-            "Message": autoscaling_notification(TERMINATE_EVENT, victim.instance_id),
-        }
-    )
-    kinds = [
-        "{not json",
-        json.dumps({"Type": "Notification", "Message": "[]"}),
-        victim.notice(LEAVE_EVENT),
-        victim.notice(),
-        forged_terminate,
-        attacker.notice(hostname=victim.hostname),
-        attacker.notice(address=victim.address),
-        json.dumps({"Event": "x" * 1000}),
-    ]
+    kinds = forgeries(attacker, victim, cluster.topic_arn)
     garbage = [kinds[n % len(kinds)] for n in range(FLOOD)]
     registry = registry_for(aws, cluster, slurm.settings)
     stop = asyncio.Event()

@@ -32,11 +32,14 @@ from cfncluster_node.local.cloud import (
 )
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node import readiness, services
-from cfncluster_node.stack import launcher, template
+from cfncluster_node.stack import clusterconfig, launcher, template
 from cfncluster_node.stack.clusterconfig import ClusterConfig
 from cfncluster_node.storage import StorageError, ebs
-from tests.clusters import on_moto
+from tests.clusters import cluster_config, on_moto
 from tests.conftest import REGION, MetadataService
+
+# A cluster whose templates go to a bucket of its own choosing.
+OPS_BUCKET = cluster_config(cluster={"region": REGION, "template_bucket": "ops-templates"})
 
 
 def console() -> Console:
@@ -86,6 +89,7 @@ async def head_node_comes_up(
     return settings
 
 
+@pytest.mark.privilege(stack="c1")
 async def test_create_waits_for_the_head_node_and_the_daemons_use_every_resource(
     aws: Aws, slurm: LocalSlurm, metadata_service: MetadataService
 ) -> None:
@@ -161,6 +165,7 @@ async def test_create_waits_for_the_head_node_and_the_daemons_use_every_resource
 @pytest.mark.parametrize(
     ("rollback", "final"), [(True, "ROLLBACK_COMPLETE"), (False, "CREATE_FAILED")]
 )
+@pytest.mark.privilege(stack="c2")
 async def test_a_head_node_whose_setup_fails_fails_the_stack_with_the_reason(
     aws: Aws,
     slurm: LocalSlurm,
@@ -186,6 +191,7 @@ async def test_a_head_node_whose_setup_fails_fails_the_stack_with_the_reason(
     assert f"failed: {template.HEAD_NODE} (AWS::EC2::Instance): Received FAILURE" in printed(out)
 
 
+@pytest.mark.privilege(stack="c3")
 async def test_list_shows_the_clusters_and_update_applies_a_changed_config(
     aws: Aws, slurm: LocalSlurm, metadata_service: MetadataService
 ) -> None:
@@ -225,6 +231,7 @@ def launch(moto: MotoServer, *args: str, **popen: object) -> subprocess.Popen[st
     )
 
 
+@pytest.mark.privilege(stack="c4")
 async def test_ctrl_c_while_waiting_leaves_the_stack_and_says_how_to_resume(
     aws: Aws, moto: MotoServer, tmp_path: Path
 ) -> None:
@@ -294,6 +301,7 @@ def test_an_update_says_what_it_does_to_the_head_node_before_it_happens() -> Non
     assert launcher.config_change(deployed, hooked).daemon
 
 
+@pytest.mark.privilege(stack="c1")
 async def test_a_template_bucket_someone_else_owns_is_refused_with_the_fix(aws: Aws) -> None:
     # Another account takes the predictable name first (its credentials: an STS session
     # of a role in that account).
@@ -323,6 +331,7 @@ async def test_a_template_bucket_someone_else_owns_is_refused_with_the_fix(aws: 
     assert await stacks.describe("c1") is None  # nothing was created
 
 
+@pytest.mark.privilege(stack="c1", cluster=OPS_BUCKET)
 async def test_the_template_goes_only_into_a_bucket_this_account_owns(aws: Aws) -> None:
     # A bucket of ours, named in cluster.toml, is used as it is.
     await aws.call("s3", "create_bucket", Bucket="ops-templates")
@@ -331,3 +340,59 @@ async def test_the_template_goes_only_into_a_bucket_this_account_owns(aws: Aws) 
     url = await launcher.Launcher(aws, REGION, console()).upload("c1", cluster)
 
     assert url.startswith(f"https://ops-templates.s3.{REGION}.amazonaws.com/c1/template-")
+
+
+def test_launch_template_prints_the_template_without_calling_aws(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(Path("examples/cluster.toml").read_text())
+    nowhere = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")} | {
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cfncluster_node",
+            "launch",
+            "template",
+            "c1",
+            "--config",
+            str(path),
+        ],
+        env=nowhere,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert shown.returncode == 0, shown.stderr
+    rendered = json.loads(shown.stdout)
+    expected = template.render(clusterconfig.load(path))
+    assert rendered == expected
+    assert {"HeadNodeRole", "ComputeRole"} <= set(rendered["Resources"])
+
+
+def test_launch_policy_prints_the_operators_policy_scoped_to_the_cluster(
+    moto: MotoServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text(Path("examples/cluster.toml").read_text())
+
+    printed = subprocess.run(
+        [sys.executable, "-m", "cfncluster_node", "launch", "policy", "c1", "--config", str(path)],
+        env={**os.environ, **moto.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert printed.returncode == 0, printed.stderr
+    document = json.loads(printed.stdout)
+    assert document["Version"] == "2012-10-17"
+    text = json.dumps(document)
+    assert "${" not in text  # filled in: the stack, the region, the caller's account
+    assert f"arn:aws:cloudformation:us-east-1:{ACCOUNT}:stack/c1/*" in text
+    assert f"arn:aws:iam::{ACCOUNT}:role/c1-*" in text
+    assert f"arn:aws:s3:::cfncluster-node-{ACCOUNT}-us-east-1" in text

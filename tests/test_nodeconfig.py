@@ -134,6 +134,7 @@ async def test_run_follows_the_stacks_node_toml_and_restarts_only_what_changed(
         process.wait()
 
 
+@pytest.mark.privilege(stack="t")
 async def test_install_writes_the_stacks_node_toml_only_when_it_validates(
     aws: Aws, moto: MotoServer, tmp_path: Path
 ) -> None:

@@ -22,6 +22,19 @@ def call(role: str, action: str, *resources: str, **context: str) -> privilege.C
     return privilege.Call(role, action, resources, tuple(context.items()))
 
 
+def tagged(call: privilege.Call, stack: str) -> privilege.Call:
+    """The call, its resources tagged as stack ``stack``'s."""
+    tags = (("aws:cloudformation:stack-name", stack),)
+    return privilege.Call(
+        call.role, call.action, call.resources, tags=tuple((r, tags) for r in call.resources)
+    )
+
+
+EC2 = "arn:aws:ec2:us-east-1:123456789012"
+BUCKET = "arn:aws:s3:::cfncluster-node-123456789012-us-east-1"
+ATTACH = call(privilege.HEAD, "ec2:AttachVolume", f"{EC2}:volume/vol-1", f"{EC2}:instance/i-1")
+
+
 @pytest.mark.parametrize(
     ("attempt", "allowed"),
     [
@@ -60,12 +73,43 @@ def call(role: str, action: str, *resources: str, **context: str) -> privilege.C
             ),
             False,
         ),
+        # Another stack's: the head node of c1 has no business with c2's queue.
+        (call(privilege.HEAD, "sqs:ReceiveMessage", f"{ARN}:c2-queue"), False),
+        # A call that names no resource needs a statement on "*": Describe, yes...
+        (call(privilege.HEAD, "ec2:DescribeInstances"), True),
+        # ... a queue action with no queue shown, no.
+        (call(privilege.HEAD, "sqs:ReceiveMessage"), False),
+        # Tag conditions against the resources' real tags.
+        (tagged(ATTACH, "c1"), True),
+        (tagged(ATTACH, "c2"), False),
+        (ATTACH, False),  # untagged, as a volume the stack did not make is
+        # The operator's launch, on its own stack and bucket.
+        (
+            call(
+                privilege.OPERATOR,
+                "cloudformation:CreateStack",
+                "arn:aws:cloudformation:us-east-1:123456789012:stack/c1/0-0",
+            ),
+            True,
+        ),
+        (
+            call(
+                privilege.OPERATOR,
+                "s3:PutObject",
+                "arn:aws:s3:::cfncluster-node-123456789012-us-east-1/c1/t.json",
+            ),
+            True,
+        ),
+        (call(privilege.OPERATOR, "s3:PutObject", "arn:aws:s3:::someone-elses/c1/t.json"), False),
+        (call(privilege.OPERATOR, "s3:PutObject", f"{BUCKET}/c2/template.json"), False),
+        # A module with no role is checked too: it may do nothing.
+        (call(privilege.UNATTRIBUTED, "sqs:ReceiveMessage", f"{ARN}:c1-queue"), False),
     ],
 )
 def test_the_checker_allows_the_stacks_own_resources_and_nothing_else(
     attempt: privilege.Call, allowed: bool
 ) -> None:
-    assert POLICIES.allows(attempt) is allowed
+    assert POLICIES.allows(attempt, "c1") is allowed
 
 
 def test_a_call_is_attributed_to_the_outermost_module_with_a_role() -> None:
@@ -77,6 +121,27 @@ def test_a_call_is_attributed_to_the_outermost_module_with_a_role() -> None:
     exec("def shrink(probe):\n    return probe()\n", group)
     found = namespace["tick"](lambda: group["shrink"](lambda: privilege.role_of_stack()))
     assert found == (privilege.HEAD, "cfncluster_node.node.scalein")
+
+
+def test_the_playground_playing_the_head_node_is_the_head_node() -> None:
+    demo = {"__name__": "cfncluster_node.local.demo"}
+    exec("def play(inner):\n    return inner()\n", demo)
+    readiness = {"__name__": "cfncluster_node.node.readiness"}
+    exec("def bring_up(probe):\n    return probe()\n", readiness)
+
+    found = demo["play"](lambda: readiness["bring_up"](lambda: privilege.role_of_stack()))
+
+    assert found == (privilege.HEAD, "cfncluster_node.node.readiness")
+
+
+def test_a_call_from_a_module_with_no_role_is_not_left_unchecked() -> None:
+    cli = {"__name__": "cfncluster_node.cli"}
+    exec("def main(probe):\n    return probe()\n", cli)
+
+    assert cli["main"](lambda: privilege.role_of_stack()) == (
+        privilege.UNATTRIBUTED,
+        "cfncluster_node.cli",
+    )
 
 
 @pytest.mark.after_all

@@ -23,7 +23,6 @@ from cfncluster_node.local.cloud import (
     ClusterResources,
     Instances,
     Member,
-    loopback_subnet,
     publish_autoscaling,
     queue_depth,
 )
@@ -215,29 +214,7 @@ async def test_hostname_reused_by_a_new_instance_survives_the_old_instance_termi
     await drain(aws, cluster, slurm.settings)
     # The old instance goes; its address, and so its name, is given to a new one that
     # joins before the old one's terminate is delivered.
-    await aws.call(
-        "autoscaling",
-        "terminate_instance_in_auto_scaling_group",
-        InstanceId=old.instance_id,
-        ShouldDecrementDesiredCapacity=True,
-    )
-    reused = await aws.call(
-        "ec2",
-        "run_instances",
-        ImageId="ami-12c6146b",
-        InstanceType="c5.large",
-        MinCount=1,
-        MaxCount=1,
-        SubnetId=await loopback_subnet(aws),
-        PrivateIpAddress=old.address,
-        TagSpecifications=[
-            {
-                "ResourceType": "instance",
-                "Tags": [{"Key": "aws:autoscaling:groupName", "Value": GROUP}],
-            }
-        ],
-    )
-    [new] = await fleet.describe([reused["Instances"][0]["InstanceId"]])
+    new = await fleet.reuse_address(old)
     assert new.hostname == old.hostname
     await fleet.join(new)
     await drain(aws, cluster, slurm.settings)

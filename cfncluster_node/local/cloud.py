@@ -29,7 +29,7 @@ from botocore.credentials import Credentials
 
 from cfncluster_node.aws import Aws
 from cfncluster_node.node.messages import compute_notice
-from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT, table_definition
+from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT, TERMINATE_EVENT, table_definition
 
 ACCOUNT = "123456789012"
 CREDENTIALS = {
@@ -424,6 +424,34 @@ class Instances:
         launched = await self.describe(new)
         return sorted(launched, key=lambda m: ipaddress.ip_address(m.address))
 
+    async def reuse_address(self, old: Member) -> Member:
+        """``old`` retired by the group, and its address, so its name, given to a new
+        instance of the group: what EC2 does all the time."""
+        await self._aws.call(
+            "autoscaling",
+            "terminate_instance_in_auto_scaling_group",
+            InstanceId=old.instance_id,
+            ShouldDecrementDesiredCapacity=True,
+        )
+        launched = await self._aws.call(
+            "ec2",
+            "run_instances",
+            ImageId="ami-12c6146b",
+            InstanceType=old.instance_type,
+            MinCount=1,
+            MaxCount=1,
+            SubnetId=await loopback_subnet(self._aws),
+            PrivateIpAddress=old.address,
+            TagSpecifications=[
+                {
+                    "ResourceType": "instance",
+                    "Tags": [{"Key": "aws:autoscaling:groupName", "Value": self.group}],
+                }
+            ],
+        )
+        [new] = await self.describe([launched["Instances"][0]["InstanceId"]])
+        return new
+
     async def describe(self, instance_ids: Iterable[str]) -> list[Member]:
         ids = sorted(instance_ids)
         members: list[Member] = []
@@ -493,3 +521,25 @@ class Instances:
         await asyncio.gather(
             *(self.send(m.instance_id, [m.notice(LEAVE_EVENT, slots=None)]) for m in members)
         )
+
+
+def forgeries(attacker: Member, victim: Member, topic_arn: str) -> list[str]:
+    """What a job on ``attacker`` could send, with its node's credentials, to take
+    ``victim``'s place or do it harm: none of it may have an effect."""
+    terminate = json.dumps(
+        {
+            "Type": "Notification",
+            "TopicArn": topic_arn,
+            "Message": autoscaling_notification(TERMINATE_EVENT, victim.instance_id),
+        }
+    )
+    return [
+        "{not json",
+        json.dumps({"Type": "Notification", "Message": "[]"}),
+        victim.notice(LEAVE_EVENT, slots=None),
+        victim.notice(),
+        terminate,
+        attacker.notice(hostname=victim.hostname),
+        attacker.notice(address=victim.address),
+        json.dumps({"Event": "x" * 1000}),
+    ]
