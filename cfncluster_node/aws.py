@@ -9,13 +9,14 @@ and the benchmarks reach moto's server through exactly the production code path.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Self
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.loaders import create_loader
 from botocore.parsers import ResponseParserError
 
 from cfncluster_node.config import AwsSettings
@@ -24,6 +25,39 @@ from cfncluster_node.config import AwsSettings
 # The test suite's least-privilege check listens here (tests/privilege.py).
 Observer = Callable[[str, str, str, dict[str, Any]], None]
 observers: list[Observer] = []
+
+# The services the node's daemons call.
+NODE_SERVICES = (
+    "autoscaling",
+    "cloudformation",
+    "cloudwatch",
+    "dynamodb",
+    "ec2",
+    "s3",
+    "secretsmanager",
+    "sns",
+    "sqs",
+    "ssm",
+    "sts",
+)
+
+# One loader for the process, so each service's model is read and parsed once.
+_LOADER = create_loader()
+
+
+def preload(services: Iterable[str]) -> None:
+    """Parse these services' models now, before the event loop runs.
+
+    Parsing a model is one long stretch of CPU that holds the GIL (EC2's takes 0.3 s on a
+    fast core, tens of seconds on an emulated one): done by the first client on the loop,
+    it stalls every service and the systemd watchdog that the loop feeds.
+    """
+    _LOADER.list_available_services("service-2")
+    for name in ("endpoints", "partitions", "sdk-default-configuration"):
+        _LOADER.load_data(name)
+    for service in services:
+        _LOADER.load_service_model(service, "service-2")
+        _LOADER.load_service_model(service, "endpoint-rule-set-1")
 
 
 class AwsError(Exception):
@@ -52,6 +86,7 @@ class Aws:
             proxies=proxies,
         )
         self._session: AioSession = get_session()
+        self._session.register_component("data_loader", _LOADER)
         self._stack = contextlib.AsyncExitStack()
         self._clients: dict[str, Any] = {}
 

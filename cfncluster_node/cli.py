@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from cfncluster_node import __version__, config, imds, logs, protocol
-from cfncluster_node.aws import Aws, AwsError
+from cfncluster_node.aws import NODE_SERVICES, Aws, AwsError, preload
 from cfncluster_node.config import AwsSettings, Config, ConfigError, ServiceName
 from cfncluster_node.node import (
     announce,
@@ -334,6 +334,7 @@ def _serve(
                 )
             await supervisor.supervise(running, stop, settings.supervisor, replacements)
 
+    preload(NODE_SERVICES)
     supervisor.run_until_stopped(main)
     if restart:
         logs.get().warning("daemon_restarting_for_config", exit_code=EXIT_RESTART)

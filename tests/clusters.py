@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cfncluster_node.aws import Aws
@@ -84,3 +87,13 @@ async def on_moto(
         "availability_zone": subnet["AvailabilityZone"],
     }
     return cluster_config(**{"network": network, **sections})
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    """Poll ``check`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"condition not reached within {timeout} s")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from cfncluster_node.aws import Aws
@@ -20,7 +18,7 @@ from cfncluster_node.local.cloud import (
 )
 from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node.records import InstanceState
-from tests.clusters import node_toml
+from tests.clusters import node_toml, wait_until
 from tests.conftest import GROUP
 from tests.test_sqswatcher import TERMINATE, rows, slurm_hosts
 
@@ -51,15 +49,6 @@ def start_daemon(
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
-
-
-async def wait_until(check: object, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"condition not reached within {timeout} s")
 
 
 async def test_kill_9_mid_burst_then_restart_loses_nothing_and_doubles_nothing(

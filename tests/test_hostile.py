@@ -32,6 +32,7 @@ from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node import messages
 from cfncluster_node.node.records import InstanceState
 from cfncluster_node.protocol import LEAVE_EVENT, READY_EVENT, TERMINATE_EVENT
+from tests.clusters import wait_until
 from tests.test_sqswatcher import drain, hosts, registry_for, rows, slurm_hosts, watcher_for
 
 
@@ -250,11 +251,10 @@ FLOOD = 10_000
 
 
 async def shallower_than(aws: Aws, cluster: ClusterResources, depth: int) -> None:
-    for _ in range(600):
-        if await queue_depth(aws, cluster.queue_url) < depth:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the queue held {depth} messages or more for 2 minutes")
+    async def shallower() -> bool:
+        return await queue_depth(aws, cluster.queue_url) < depth
+
+    await wait_until(shallower, 120)
 
 
 async def test_a_flood_of_garbage_costs_a_log_line_each_and_changes_nothing(
