@@ -32,7 +32,8 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # TOML has inf and nan; no timeout, interval or size of ours means either.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ClusterSettings(Section):
@@ -138,7 +139,7 @@ class SupervisorSettings(Section):
     # Each service's state and last success, for `cfncluster-node status` (and scripts).
     health_file: Path | None = Path("/run/cfncluster-node/health.json")
     # Seconds between two reads of the stack's node.toml (configwatch, under the stack).
-    config_poll: StrictFloat = Field(default=60.0, gt=0, allow_inf_nan=False)
+    config_poll: StrictFloat = Field(default=60.0, gt=0)
 
 
 class SharedVolumeSettings(Section):
@@ -181,7 +182,7 @@ class HooksSettings(Section):
     pre_install: HookSettings | None = None
     post_install: HookSettings | None = None
     # Seconds a hook may run before it is killed and the node's setup fails.
-    timeout: StrictFloat = Field(default=1800.0, gt=0, allow_inf_nan=False)
+    timeout: StrictFloat = Field(default=1800.0, gt=0)
 
 
 _SECRET_ARN = r"^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:\d{12}:secret:\S+$"
@@ -217,9 +218,9 @@ class ComputeNodeSettings(Section):
     # The head node's shared volumes, mounted at the same paths here.
     shared: list[str] = Field(default_factory=list)
     # Seconds to wait for the head node's exports before the node gives up joining.
-    mount_timeout: StrictFloat = Field(default=600.0, gt=0, allow_inf_nan=False)
+    mount_timeout: StrictFloat = Field(default=600.0, gt=0)
     # Seconds to wait for slurmctld to hear from this node's slurmd before giving up.
-    register_timeout: StrictFloat = Field(default=600.0, gt=0, allow_inf_nan=False)
+    register_timeout: StrictFloat = Field(default=600.0, gt=0)
     slurmctld_port: StrictInt = Field(default=6817, ge=1, le=65535)
     feature: str = Field(default="compute", pattern=r"^[A-Za-z0-9_-]+$")
     metadata_users: MetadataUsers

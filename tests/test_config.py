@@ -115,6 +115,20 @@ def test_bad_value_names_file_key_expectation_and_value(
     assert "\n" not in message
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("aws", "connect_timeout"), ("scalein", "idle_minutes"), ("cluster", "tombstone_days")],
+)
+def test_infinity_and_nan_are_refused_with_the_key_named(
+    section: str, key: str, value: str
+) -> None:
+    message = error_of(with_key(section, f"{key} = {value}"))
+
+    assert message.startswith(f"{SOURCE}: key '{section}.{key}': expected ")
+    assert "\n" not in message
+
+
 def test_bad_pattern_is_explained_in_operator_words() -> None:
     message = error_of(MINIMAL.replace('"us-east-1"', '"useast"'))
 
