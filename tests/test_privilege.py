@@ -112,33 +112,31 @@ def test_the_checker_allows_the_stacks_own_resources_and_nothing_else(
     assert POLICIES.allows(attempt, "c1") is allowed
 
 
+def attributed_through(*modules: str) -> tuple[str, str]:
+    """role_of_stack() as seen from a call made through a function of each module in
+    turn, the first outermost (it looks two frames up, past the call itself)."""
+    probe: object = lambda: privilege.role_of_stack()  # noqa: E731
+    for module in reversed(modules):
+        namespace = {"__name__": module}
+        exec("def call(inner):\n    return lambda: inner()\n", namespace)
+        probe = namespace["call"](probe)
+    found: tuple[str, str] = probe()  # type: ignore[operator]
+    return found
+
+
 def test_a_call_is_attributed_to_the_outermost_module_with_a_role() -> None:
-    namespace = {"__name__": "cfncluster_node.node.scalein"}
-    exec(  # a frame of the scale-in module, calling one of the group module
-        "def tick(inner):\n    return inner()\n", namespace
-    )
-    group = {"__name__": "cfncluster_node.node.group"}
-    exec("def shrink(probe):\n    return probe()\n", group)
-    found = namespace["tick"](lambda: group["shrink"](lambda: privilege.role_of_stack()))
+    found = attributed_through("cfncluster_node.node.scalein", "cfncluster_node.node.group")
     assert found == (privilege.HEAD, "cfncluster_node.node.scalein")
 
 
 def test_the_playground_playing_the_head_node_is_the_head_node() -> None:
-    demo = {"__name__": "cfncluster_node.local.demo"}
-    exec("def play(inner):\n    return inner()\n", demo)
-    readiness = {"__name__": "cfncluster_node.node.readiness"}
-    exec("def bring_up(probe):\n    return probe()\n", readiness)
-
-    found = demo["play"](lambda: readiness["bring_up"](lambda: privilege.role_of_stack()))
+    found = attributed_through("cfncluster_node.local.demo", "cfncluster_node.node.readiness")
 
     assert found == (privilege.HEAD, "cfncluster_node.node.readiness")
 
 
 def test_a_call_from_a_module_with_no_role_is_not_left_unchecked() -> None:
-    cli = {"__name__": "cfncluster_node.cli"}
-    exec("def main(probe):\n    return probe()\n", cli)
-
-    assert cli["main"](lambda: privilege.role_of_stack()) == (
+    assert attributed_through("cfncluster_node.cli") == (
         privilege.UNATTRIBUTED,
         "cfncluster_node.cli",
     )
