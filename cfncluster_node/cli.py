@@ -269,7 +269,7 @@ def _launch_offline(args: argparse.Namespace) -> int:
 
         async def caller() -> str:
             async with Aws(AwsSettings(), cluster.cluster.region) as aws:
-                return str((await aws.call("sts", "get_caller_identity"))["Account"])
+                return await launcher.caller_account(aws)
 
         account = asyncio.run(caller())
     document = policy.document(policy.operator_statements(cluster))

@@ -111,6 +111,11 @@ def failures(events: Sequence[dict[str, Any]]) -> tuple[Failure, ...]:
     return tuple(seen.values())
 
 
+async def caller_account(aws: Aws) -> str:
+    """The id of the account whose credentials make the calls."""
+    return str((await aws.call("sts", "get_caller_identity"))["Account"])
+
+
 class Launcher:
     def __init__(self, aws: Aws, region: str, console: Console, *, poll_s: float = 5.0) -> None:
         self._aws = aws
@@ -263,7 +268,7 @@ class Launcher:
         only ever reads a template this account wrote.
         """
         body = template.to_json(template.render(cluster)).encode()
-        account = str((await self._aws.call("sts", "get_caller_identity"))["Account"])
+        account = await caller_account(self._aws)
         bucket = cluster.cluster.template_bucket or f"cfncluster-node-{account}-{self._region}"
         await self._ensure_bucket(bucket, account)
         key = f"{name}/template-{hashlib.sha256(body).hexdigest()[:16]}.json"
