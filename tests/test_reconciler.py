@@ -210,3 +210,22 @@ async def group_instances(aws: Aws) -> list[str]:
         "autoscaling", "describe_auto_scaling_groups", AutoScalingGroupNames=[GROUP]
     )
     return [i["InstanceId"] for g in response["AutoScalingGroups"] for i in g["Instances"]]
+
+
+async def test_a_host_a_second_writer_registered_is_not_removed_as_unowned(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, fleet: Instances
+) -> None:
+    first, second = await fleet.launch(2)
+    await fleet.join(first)
+    await drain(aws, cluster, slurm.settings)
+    daemon = reconciler(aws, cluster, slurm)
+    assert await daemon.tick() == Drift()  # the daemon's registry has read the table
+    # `sqswatcher --burst` run by hand: another process, another registry.
+    await fleet.join(second)
+    await drain(aws, cluster, slurm.settings)
+
+    with structlog.testing.capture_logs() as records:
+        await daemon.tick()
+
+    assert [r for r in records if r["event"] == "drift_unowned_host_removed"] == []
+    assert await slurm_hosts(slurm) == hosts(first, second)

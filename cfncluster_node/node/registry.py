@@ -72,12 +72,16 @@ class Registry:
     async def remove_unowned(self, hostnames: Iterable[str]) -> list[str]:
         """Remove the scheduler hosts that no joined instance holds; return them.
 
-        Checked again under the lock: a host seen unowned a moment ago may have been
-        registered since.
+        Checked again under the lock against a fresh read of the table, not the cache:
+        a host seen unowned a moment ago may have been registered since, and by another
+        writer (a one-off ``sqswatcher --burst``) whose rows this process never saw.
         """
+        candidates = set(hostnames)
+        if not candidates:
+            return []
         async with self._lock:
-            owners = await self.hostnames()
-            unowned = sorted(name for name in set(hostnames) if owners.owner(name) is None)
+            self._hostnames = lifecycle.Hostnames(await self.table.scan())
+            unowned = sorted(n for n in candidates if self._hostnames.owner(n) is None)
             if unowned:
                 await self.scheduler.remove_hosts(unowned)
             return unowned
