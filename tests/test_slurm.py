@@ -79,10 +79,29 @@ async def test_removal_drains_then_deletes_and_ignores_unknown_hosts(slurm: Loca
     assert "ip-10-2-0-[1,3]" in log or "ip-10-2-0-1" in log
 
 
-async def test_a_drained_host_that_rejoins_is_resumed(slurm: LocalSlurm) -> None:
+async def test_a_drain_by_an_admin_outlives_a_replayed_join(slurm: LocalSlurm) -> None:
     backend = Slurm(slurm.settings)
     await backend.add_hosts(hosts(1))
     slurm.scontrol("update", "NodeName=ip-10-2-0-1", "State=DRAIN", "Reason=maintenance")
+
+    await backend.add_hosts(hosts(1))
+
+    assert "DRAIN" in show(slurm, "ip-10-2-0-1")
+
+
+async def test_a_host_left_drained_by_a_delete_cut_short_is_resumed_by_its_join(
+    slurm: LocalSlurm,
+) -> None:
+    # The delete drains and downs the node, then deletes it: a crash in between.
+    backend = Slurm(slurm.settings)
+    await backend.add_hosts(hosts(1))
+    for state in ("DRAIN", "DOWN"):
+        slurm.scontrol(
+            "update",
+            "NodeName=ip-10-2-0-1",
+            f"State={state}",
+            "Reason=cfncluster-node: instance gone",
+        )
 
     await backend.add_hosts(hosts(1))
 

@@ -337,9 +337,10 @@ class Sge:
             (await self._query("qconf", "-shgrp_resolved", self._settings.host_group)).split()
         )
 
-    async def _compute_hosts(self, names: Sequence[str]) -> list[str]:
-        """``names``, once none is the qmaster's host or an execution host outside the host
-        group (one the cell has of its own); HostsRefused otherwise."""
+    async def _compute_hosts(self, names: Sequence[str]) -> set[str]:
+        """The host group's members, once none of ``names`` is the qmaster's host or an
+        execution host outside the group (one the cell has of its own); HostsRefused
+        otherwise."""
         members, exec_hosts = await asyncio.gather(self._members(), self._list("-sel"))
         qmaster = await self._qmaster_host()
         refused = {
@@ -351,7 +352,7 @@ class Sge:
         }
         if refused:
             raise HostsRefused(refused)
-        return list(names)
+        return members
 
     async def _qmaster_host(self) -> str | None:
         """The qmaster's host, from the cell's act_qmaster file (read once)."""
@@ -369,7 +370,8 @@ class Sge:
         names = self._hostnames([host.hostname for host in hosts])
         if not names:
             return
-        await self._compute_hosts(names)
+        members = await self._compute_hosts(names)
+        joining = [name for name in names if name not in members]
         slots = {host.hostname: host.slots for host in hosts}
         listed = ",".join(names)
         # Admin host: its execd may register. Submit host: its jobs may submit jobs.
@@ -398,8 +400,10 @@ class Sge:
                 *group,
                 subjects=group,
             )
-        # A host drained before it left, back under the same name, takes work again.
-        await self._change("qmod", "-e", ",".join(self._instances(names)), subjects=())
+        # A host drained before it left, back under the same name, takes work again;
+        # one still in the group keeps its state: a replayed join undoes no drain.
+        if joining:
+            await self._change("qmod", "-e", ",".join(self._instances(joining)), subjects=())
 
     async def remove_hosts(self, hostnames: Sequence[str]) -> None:
         names = self._hostnames(hostnames)

@@ -31,7 +31,10 @@ from cfncluster_node.schedulers import (
 from cfncluster_node.schedulers.hostlist import compress
 
 _UNAVAILABLE = frozenset({"DRAIN", "DOWN", "FUTURE", "FAIL", "MAINT", "NOT_RESPONDING"})
-_NEEDS_RESUME = frozenset({"DRAIN", "DOWN", "FUTURE"})
+# Why this backend takes a node out before deleting it. A node left drained with this
+# reason is a delete cut short; a join for its name finishes the job by resuming it.
+# Any other drain (an admin's, scale-in's) outlives a replayed join.
+_REMOVING = "cfncluster-node: instance gone"
 _BUSY = frozenset({"ALLOCATED", "MIXED", "COMPLETING"})
 _HOLDUPS = {
     "JobHeldUser": Holdup.HELD,
@@ -54,6 +57,14 @@ class _Node:
     flags: frozenset[str]
     features: frozenset[str]
     last_busy: datetime | None
+    reason: str = ""
+
+    @property
+    def needs_resume(self) -> bool:
+        """Created but never resumed, or taken out by a delete that did not finish."""
+        return "FUTURE" in self.flags or (
+            bool(self.flags & {"DRAIN", "DOWN"}) and self.reason.startswith(_REMOVING)
+        )
 
 
 def parse_nodes(text: str) -> list[_Node]:
@@ -77,6 +88,7 @@ def parse_nodes(text: str) -> list[_Node]:
                 flags=frozenset(_field(line, "State").upper().split("+")) - {""},
                 features=frozenset(_field(line, "AvailableFeatures").split(",")) - {"(null)", ""},
                 last_busy=_local_time(_field(line, "LastBusyTime")),
+                reason=_reason(line),
             )
         )
     return nodes
@@ -88,6 +100,14 @@ def _local_time(text: str) -> datetime | None:
         return datetime.fromisoformat(text).astimezone()
     except ValueError:
         return None  # "None", "Unknown"
+
+
+def _reason(line: str) -> str:
+    """The free-text Reason (it holds spaces), without the ``[user@time]`` Slurm adds."""
+    found = line.find(" Reason=")
+    if found < 0:
+        return ""
+    return line[found + len(" Reason=") :].split(" [", 1)[0]
 
 
 def _field(line: str, key: str) -> str:
@@ -201,7 +221,7 @@ class Slurm:
                 f"NodeAddr={','.join(str(h.address) for h in readdressed)}",
             )
         resume = [h.hostname for h in missing] + [
-            n for n in wanted if n in current and current[n].flags & _NEEDS_RESUME
+            n for n in wanted if n in current and current[n].needs_resume
         ]
         if resume:
             await self._run("scontrol", "update", f"NodeName={compress(resume)}", "State=RESUME")
@@ -229,7 +249,7 @@ class Slurm:
         if not hostnames:
             return
         current = await self._compute_nodes(hostnames)
-        await self._delete(hostnames, current, reason="cfncluster-node: instance gone")
+        await self._delete(hostnames, current, reason=_REMOVING)
 
     async def _delete(
         self, hostnames: Sequence[str], current: dict[str, _Node], *, reason: str
