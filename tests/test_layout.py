@@ -62,7 +62,7 @@ IO_LIBRARIES = {
     "urllib",
     "uvloop",
 }
-FOUNDATION = {"config", "names", "protocol", "aws", "imds", "commands", "logs"}
+FOUNDATION = {"config", "names", "protocol", "aws", "imds", "commands", "files", "logs"}
 # Each room and the rooms it may import (besides itself and the foundation).
 MAY_IMPORT = {
     "foundation": set(),

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import uvloop
 
-from cfncluster_node import logs
+from cfncluster_node import files, logs
 from cfncluster_node.config import SupervisorSettings
 from cfncluster_node.node import sdnotify
 from cfncluster_node.node.service import Service
@@ -141,7 +141,7 @@ class _States:
         if self._reported is None or now[0] != self._reported[0]:
             sdnotify.notify(STATUS=now[0])
         if self._health_file is not None:
-            _write_atomically(self._health_file, now[1])
+            _write_health(self._health_file, now[1])
         self._reported = now
 
 
@@ -154,12 +154,9 @@ def _isoformat(moment: datetime | None) -> str | None:
     return None if moment is None else moment.isoformat(timespec="seconds")
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_health(path: Path, text: str) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staged = path.with_name(f".{path.name}.tmp")
-        staged.write_text(text + "\n")
-        staged.replace(path)
+        files.write_atomically(path, text + "\n")
     except OSError as exc:
         logs.get().warning("health_file_failed", path=str(path), error=str(exc))
 

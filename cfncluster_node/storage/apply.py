@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cfncluster_node import commands, logs
+from cfncluster_node import commands, files, logs
 from cfncluster_node.storage import StorageError
 from cfncluster_node.storage.machine import probe
 from cfncluster_node.storage.plan import (
@@ -20,6 +20,7 @@ from cfncluster_node.storage.plan import (
     OpenToAll,
     RunCommands,
     Step,
+    fstab_with,
 )
 
 _MKFS_TIMEOUT_S = 600.0  # a large volume
@@ -71,21 +72,19 @@ async def _apply(step: Step, fstab: Path | None, exports: Path | None) -> None:
             found = await probe(device)
             if not found.uuid or not found.fs_type:
                 raise StorageError(f"{device}: no filesystem UUID to put in {fstab}")
-            line = f"UUID={found.uuid} {mount_point} {found.fs_type} {FSTAB_OPTIONS} 0 2\n"
-            await asyncio.to_thread(_append, fstab, line)
+            line = f"UUID={found.uuid} {mount_point} {found.fs_type} {FSTAB_OPTIONS} 0 2"
+            await asyncio.to_thread(_replace_line, fstab, line)
 
 
 def _export_line(exports: Path, path: str, clients: str) -> None:
     """This path's line, replacing any older one for it."""
-    exports.parent.mkdir(parents=True, exist_ok=True)
     old = exports.read_text().splitlines() if exports.exists() else []
     kept = [line for line in old if line.split()[:1] != [path]]
-    exports.write_text("\n".join([*kept, f"{path} {clients}"]) + "\n")
+    files.write_atomically(exports, "\n".join([*kept, f"{path} {clients}"]) + "\n")
 
 
-def _append(path: Path, line: str) -> None:
-    with path.open("a") as file:
-        file.write(line)
+def _replace_line(fstab: Path, line: str) -> None:
+    files.write_atomically(fstab, fstab_with(fstab.read_text() if fstab.exists() else "", line))
 
 
 def _describe(step: Step) -> str:

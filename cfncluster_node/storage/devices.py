@@ -15,6 +15,7 @@ class Device:
     label: str | None = None
     partition_table: str | None = None
     usage: str | None = None  # "filesystem", "raid", "crypto", ...
+    holder: str | None = None  # the running md array this disk is a member of
 
     @property
     def blank(self) -> bool:

@@ -7,6 +7,7 @@ freshly booted instance and in a container alike.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from cfncluster_node import commands
@@ -17,14 +18,40 @@ _NOTHING_FOUND = 2  # blkid's exit code for a device without any signature
 
 
 async def probe(path: str) -> Device:
+    """What the device holds; CommandError if it cannot be read.
+
+    blkid exits 2 both for "no signature" and for a device it could not open (with a
+    message, or none for a missing node): blank is believed only of a device this
+    process can read itself, so nothing unreadable is ever planned for formatting.
+    """
     result = await commands.run(
         ["blkid", "-p", "-o", "export", path], timeout=_TIMEOUT_S, check=False
     )
-    if result.returncode == _NOTHING_FOUND:
+    if result.returncode == _NOTHING_FOUND and not result.stderr.strip():
+        try:
+            await asyncio.to_thread(_read_first_block, path)
+        except OSError as exc:
+            raise commands.CommandError(result.argv, f"cannot read {path}", str(exc)) from exc
         return Device(path)
     if result.returncode != 0:
         raise commands.CommandError(result.argv, f"exited with {result.returncode}", result.stderr)
     return parse_blkid(path, result.stdout)
+
+
+def _read_first_block(path: str) -> None:
+    with open(path, "rb") as device:
+        device.read(4096)
+
+
+def holder(device: str, *, sys_block: Path = Path("/sys/block")) -> str | None:
+    """The md array that holds the disk already (``/dev/md127``), if the kernel has one:
+    at boot udev assembles arrays by itself, under names of its choosing."""
+    holders = sys_block / Path(device).name / "holders"
+    try:
+        names = sorted(entry.name for entry in holders.iterdir() if entry.name.startswith("md"))
+    except OSError:
+        return None
+    return f"/dev/{names[0]}" if names else None
 
 
 async def mounts() -> list[Mount]:

@@ -9,8 +9,9 @@ from cfncluster_node.storage import StorageError, raid
 from cfncluster_node.storage.devices import Device, Mount
 from cfncluster_node.storage.raid import Backend
 
-# An fstab line that cannot hang a boot: a missing volume is skipped, not waited for.
-FSTAB_OPTIONS = "defaults,_netdev,nofail"
+# An fstab line that cannot hang a boot: a missing volume is skipped, not waited for. No
+# _netdev: an EBS volume is a local disk to the kernel, mounted before the network.
+FSTAB_OPTIONS = "defaults,nofail"
 # Compute nodes write to a shared volume as their users; root on a compute node (any job
 # that gets it, or an operator's hook there) becomes nobody unless the cluster asks.
 _EXPORT_OPTIONS = "rw,sync,no_subtree_check"
@@ -127,7 +128,7 @@ def plan_volume(
     volume: Volume,
     device: Device,
     mounts: list[Mount],
-    fstab_mount_points: set[str],
+    fstab: Mapping[str, str],
     *,
     exported: Mapping[str, str] | None = None,
     destroy: bool = False,
@@ -156,7 +157,10 @@ def plan_volume(
                 "destructive flag to format the whole device"
             )
         steps += [MakeDir(volume.mount_point), MountDevice(device.path, volume.mount_point)]
-    if volume.mount_point not in fstab_mount_points:
+    formatted = any(isinstance(step, Format) for step in steps)
+    # A new volume at the same mount point (or one formatted now) has a new UUID: the old
+    # line would mount nothing at the next boot, or the wrong thing.
+    if formatted or fstab.get(volume.mount_point) != f"UUID={device.uuid}":
         steps.append(FstabEntry(device.path, volume.mount_point))
     if volume.export_to:
         clients = export_clients(volume.export_to, root_squash=volume.root_squash)
@@ -175,13 +179,26 @@ def exports_of(text: str) -> dict[str, str]:
     return found
 
 
-def fstab_mount_points(text: str) -> set[str]:
-    points = set()
+def fstab_sources(text: str) -> dict[str, str]:
+    """Each mount point of an fstab and what is mounted there (``UUID=...``)."""
+    sources = {}
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 2 and not fields[0].startswith("#"):
-            points.add(fields[1])
-    return points
+            sources[fields[1]] = fields[0]
+    return sources
+
+
+def fstab_with(text: str, line: str) -> str:
+    """``text`` with ``line`` as its mount point's only entry, every line ending in a
+    newline (an fstab without a final one must not have the new line run into it)."""
+    mount_point = line.split()[1]
+    kept = [
+        old
+        for old in text.splitlines()
+        if old.split()[1:2] != [mount_point] or old.lstrip().startswith("#")
+    ]
+    return "".join(f"{old}\n" for old in [*kept, line])
 
 
 def plan_scratch(
@@ -213,9 +230,13 @@ def plan_scratch(
             )
         )
     )
+    running = sorted({disk.holder for disk in devices if disk.holder is not None})
     if not destroy and _one_array(devices):
-        assemble = raid.assemble(scratch.backend, paths, md_device=scratch.md_device)
-        return [RunCommands("assemble", _tuples(assemble)), MakeDir(scratch.mount_point), mount]
+        assemble = raid.assemble(
+            scratch.backend, paths, md_device=scratch.md_device, running=running
+        )
+        steps = [RunCommands("assemble", _tuples(assemble))] if assemble else []
+        return [*steps, MakeDir(scratch.mount_point), mount]
     used = [disk for disk in devices if not disk.blank]
     if used and not destroy:
         raise StorageError("; ".join(_refusal(disk) for disk in used))
@@ -225,6 +246,7 @@ def plan_scratch(
         md_device=scratch.md_device,
         fs_type=scratch.fs_type,
         label=scratch.label,
+        running=running,
     )
     return [
         RunCommands("create", _tuples(create)),

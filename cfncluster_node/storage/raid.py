@@ -14,13 +14,21 @@ Backend = Literal["mdadm", "btrfs"]
 
 
 def create(
-    backend: Backend, devices: Sequence[str], *, md_device: str, fs_type: str, label: str
+    backend: Backend,
+    devices: Sequence[str],
+    *,
+    md_device: str,
+    fs_type: str,
+    label: str,
+    running: Sequence[str] = (),
 ) -> list[list[str]]:
-    """The commands that turn blank disks into one striped filesystem."""
+    """The commands that turn blank disks into one striped filesystem. ``running``: md
+    arrays holding the disks now, stopped first (their disks are busy until then)."""
     if backend == "btrfs":
         return [["mkfs.btrfs", "-q", "-f", "-L", label, "-d", "raid0", "-m", "raid0", *devices]]
     force = ["-F"] if fs_type.startswith("ext") else []
     return [
+        *_stop(running),
         [
             "mdadm",
             "--create",
@@ -34,11 +42,24 @@ def create(
     ]
 
 
-def assemble(backend: Backend, devices: Sequence[str], *, md_device: str) -> list[list[str]]:
-    """The commands that bring back an array whose disks survived a reboot."""
+def assemble(
+    backend: Backend, devices: Sequence[str], *, md_device: str, running: Sequence[str] = ()
+) -> list[list[str]]:
+    """The commands that bring back an array whose disks survived a reboot.
+
+    ``running``: the md arrays that hold the disks already. At boot udev assembles an
+    array by itself, under a name of its own (/dev/md127): it is stopped and assembled
+    again as ``md_device``, the name the mount uses. None when it is ``md_device``.
+    """
     if backend == "btrfs":
         return [["btrfs", "device", "scan", *devices]]
-    return [["mdadm", "--assemble", md_device, *devices]]
+    if list(running) == [md_device]:
+        return []
+    return [*_stop(running), ["mdadm", "--assemble", md_device, *devices]]
+
+
+def _stop(running: Sequence[str]) -> list[list[str]]:
+    return [["mdadm", "--stop", array] for array in running]
 
 
 def mount(

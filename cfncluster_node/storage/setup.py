@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from cfncluster_node import imds, logs
@@ -12,14 +13,14 @@ from cfncluster_node.config import StorageSettings
 from cfncluster_node.storage import StorageError, ebs, instancestore
 from cfncluster_node.storage.apply import apply
 from cfncluster_node.storage.devices import Device
-from cfncluster_node.storage.machine import first_partition, mounts, probe, resolve
+from cfncluster_node.storage.machine import first_partition, holder, mounts, probe, resolve
 from cfncluster_node.storage.plan import (
     AttachVolume,
     Scratch,
     Step,
     Volume,
     exports_of,
-    fstab_mount_points,
+    fstab_sources,
     plan_scratch,
     plan_volume,
 )
@@ -47,7 +48,7 @@ async def set_up_volume(
         volume,
         device,
         await mounts(),
-        fstab_mount_points(fstab_text),
+        fstab_sources(fstab_text),
         exported=exports_of(exports_text),
         destroy=destroy,
     )
@@ -64,13 +65,20 @@ async def set_up_volume(
 
 
 async def set_up_scratch(
-    scratch: Scratch, *, destroy: bool = False, dry_run: bool = False
+    scratch: Scratch,
+    *,
+    destroy: bool = False,
+    dry_run: bool = False,
+    sys_block: Path = Path("/sys/block"),
 ) -> list[Step]:
     """Instance-store disks as one volume at the mount point; return the plan."""
     if not scratch.devices:
         logs.get().info("scratch_skipped", reason="no_instance_store_disks")
         return []
-    devices = [await _probe_existing(path) for path in scratch.devices]
+    devices = [
+        replace(found, holder=holder(found.path, sys_block=sys_block))
+        for found in [await _probe_existing(path) for path in scratch.devices]
+    ]
     steps = plan_scratch(scratch, devices, await mounts(), destroy=destroy)
     logs.get().info(
         "storage_planned",
@@ -122,7 +130,9 @@ async def set_up_all(
             settings.scratch.fs_type,
             settings.scratch.raid,
         )
-        steps += await set_up_scratch(scratch, destroy=destroy, dry_run=dry_run)
+        steps += await set_up_scratch(
+            scratch, destroy=destroy, dry_run=dry_run, sys_block=sys_block
+        )
     for shared in settings.shared:
         device = shared.device
         if shared.volume_id is not None:
