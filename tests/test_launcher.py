@@ -34,7 +34,7 @@ from cfncluster_node.local.slurm import LocalSlurm
 from cfncluster_node.node import readiness, services
 from cfncluster_node.stack import clusterconfig, launcher, template
 from cfncluster_node.stack.clusterconfig import ClusterConfig
-from cfncluster_node.storage import StorageError, ebs
+from cfncluster_node.storage import ebs
 from tests.clusters import cluster_config, on_moto
 from tests.conftest import REGION, MetadataService
 
@@ -163,7 +163,31 @@ async def test_create_waits_for_the_head_node_and_the_daemons_use_every_resource
 
 
 @pytest.mark.parametrize(
-    ("rollback", "final"), [(True, "ROLLBACK_COMPLETE"), (False, "CREATE_FAILED")]
+    ("rollback", "final", "device", "reason"),
+    [
+        pytest.param(
+            True,
+            "ROLLBACK_COMPLETE",
+            "/dev/xvdz-missing",
+            "/dev/xvdz-missing: no such device",
+            id="missing-rollback",
+        ),
+        pytest.param(
+            False,
+            "CREATE_FAILED",
+            "/dev/xvdz-missing",
+            "/dev/xvdz-missing: no such device",
+            id="missing",
+        ),
+        # Not a StorageError: blkid's own failure, which once sent no signal at all.
+        pytest.param(
+            False,
+            "CREATE_FAILED",
+            "/dev/shm",  # a directory: blkid says "nothing found" of what it cannot open
+            "blkid -p -o export /dev/shm cannot read",
+            id="unreadable",
+        ),
+    ],
 )
 @pytest.mark.privilege(stack="c2")
 async def test_a_head_node_whose_setup_fails_fails_the_stack_with_the_reason(
@@ -172,21 +196,23 @@ async def test_a_head_node_whose_setup_fails_fails_the_stack_with_the_reason(
     metadata_service: MetadataService,
     rollback: bool,
     final: str,
+    device: str,
+    reason: str,
 ) -> None:
     cluster = await on_moto(aws)
     out = console()
     stacks = launcher.Launcher(aws, REGION, out, poll_s=0.05)
     creating = asyncio.create_task(stacks.create("c2", cluster, rollback=rollback))
-    missing = [{"device": "/dev/xvdz-missing", "mount_point": "/shared"}]
-    with pytest.raises(StorageError):
-        await head_node_comes_up(aws, "c2", slurm, metadata_service, shared=missing)
+    shared = [{"device": device, "mount_point": "/shared"}]
+    with pytest.raises(Exception):  # noqa: B017 - any failure must reach the stack
+        await head_node_comes_up(aws, "c2", slurm, metadata_service, shared=shared)
     failed = await creating
 
     assert failed.status == final
     [failure] = failed.failures
     assert failure.logical_id == template.HEAD_NODE
     assert failure.reason.startswith("Received FAILURE signal with UniqueId i-")
-    assert "storage: /dev/xvdz-missing: no such device" in failure.reason
+    assert f"storage: {reason}"[:40] in failure.reason
     launcher.report(out, failed)
     assert f"failed: {template.HEAD_NODE} (AWS::EC2::Instance): Received FAILURE" in printed(out)
 

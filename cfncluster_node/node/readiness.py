@@ -19,10 +19,8 @@ from cfncluster_node import imds, logs
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import ClusterSettings, Config
 from cfncluster_node.node import bootstrap, hooks, metadata, sdnotify
-from cfncluster_node.node.bootstrap import BootstrapError
 from cfncluster_node.node.registry import Registry
-from cfncluster_node.schedulers import SchedulerError
-from cfncluster_node.storage import StorageError, setup
+from cfncluster_node.storage import setup
 
 _UNIQUE_ID_MAX = 64
 
@@ -99,7 +97,9 @@ async def bring_up(settings: Config, aws: Aws, registry: Registry) -> None:
         await hooks.run(step, settings.hooks, aws, role="head")
         step = "scheduler"
         await registry.scheduler.list_hosts()
-    except (StorageError, BootstrapError, SchedulerError, AwsError) as exc:
+    except Exception as exc:
+        # Any failure, not only the expected kinds (an IMDS error, blkid's, a bug): the
+        # unit would restart into the same failure while the stack waited half an hour.
         await stack.failed(f"{step}: {exc}")
         raise
     await stack.ready()
