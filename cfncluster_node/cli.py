@@ -410,7 +410,7 @@ def _status(args: argparse.Namespace) -> int:
 
 def _check_config(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
-    print(settings.model_dump_json(indent=2))
+    print(config.printable(settings))
     return 0
 
 

@@ -7,7 +7,9 @@ The file is found at ``--config PATH``, else ``$CFNCLUSTER_NODE_CONFIG``, else
 from __future__ import annotations
 
 import difflib
+import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -292,6 +294,14 @@ def affected(old: Mapping[str, Any], new: Mapping[str, Any]) -> Change:
         services=frozenset(section for section in alone if section in running),
         daemon=any(section not in SERVICE_SECTIONS for section in sections),
     )
+
+
+def printable(settings: Config) -> str:
+    """The settings as JSON for an operator's terminal: the proxy's password masked."""
+    shown = settings.model_dump(mode="json")
+    if proxy := shown["aws"].get("proxy"):
+        shown["aws"]["proxy"] = re.sub(r"^(\w+://[^:@/]*):[^@/]*@", r"\1:***@", proxy)
+    return json.dumps(shown, indent=2)
 
 
 def resolve_path(explicit: Path | None) -> Path:

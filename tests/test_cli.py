@@ -67,6 +67,18 @@ def test_check_config_prints_the_defaults_it_filled_in(tmp_path: Path) -> None:
     assert '"retry_mode": "adaptive"' in result.stdout
 
 
+def test_check_config_never_prints_the_proxy_password(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    proxy = 'proxy = "http://ops:s3cret@proxy.internal:3128"\n'
+    config.write_text(node_toml(stack="c1", after=f"[aws]\n{proxy}"))
+
+    result = cfncluster_node("check-config", "--config", str(config))
+
+    assert result.returncode == 0, result.stderr
+    assert "s3cret" not in result.stdout
+    assert '"proxy": "http://ops:***@proxy.internal:3128"' in result.stdout
+
+
 def test_the_demo_says_what_to_install_when_moto_is_missing(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
