@@ -16,7 +16,14 @@ from cfncluster_node.node import group
 from cfncluster_node.node.fleet import Group, Member
 from cfncluster_node.node.lifecycle import Hostnames
 from cfncluster_node.node.records import InstanceRecord, InstanceState
-from cfncluster_node.node.scalein import Candidate, Protection, ScaleIn, candidates, protection
+from cfncluster_node.node.scalein import (
+    DRAIN_REASON,
+    Candidate,
+    Protection,
+    ScaleIn,
+    candidates,
+    protection,
+)
 from cfncluster_node.schedulers import HostStatus
 from cfncluster_node.schedulers.slurm import Slurm
 from tests.conftest import GROUP, NODE, wait_running
@@ -164,3 +171,30 @@ async def test_a_job_that_lands_between_drain_and_terminate_keeps_its_node(
         "job_landed_or_terminate_failed"
     ]
     slurm.scancel("-u", "root")
+
+
+async def test_a_drain_left_by_a_pass_that_was_killed_is_resumed_by_the_next(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, compute_node: str
+) -> None:
+    # What a pass killed during its grace period leaves: the node drained, nothing more.
+    await Slurm(slurm.settings).drain_hosts([NODE], DRAIN_REASON)
+
+    with structlog.testing.capture_logs() as records:
+        await scale_in(aws, cluster, slurm.settings).tick()
+
+    [listed] = await Slurm(slurm.settings).list_hosts()
+    assert "drain" not in listed.state
+    assert [r["reason"] for r in records if r["event"] == "scale_in_aborted"] == [
+        "left_by_an_unfinished_pass"
+    ]
+
+
+async def test_a_drain_of_an_admin_is_left_alone(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, compute_node: str
+) -> None:
+    await Slurm(slurm.settings).drain_hosts([NODE], "disk errors, see ticket 42")
+
+    await scale_in(aws, cluster, slurm.settings).tick()
+
+    [listed] = await Slurm(slurm.settings).list_hosts()
+    assert "drain" in listed.state and listed.reason == "disk errors, see ticket 42"

@@ -54,6 +54,27 @@ def protection(members: Group, hosts: Mapping[str, HostStatus], hostnames: Hostn
     return Protection(protect, unprotect)
 
 
+def leaked_drains(hosts: Mapping[str, HostStatus]) -> list[str]:
+    """Hosts still drained by a pass that never finished (a crash, a kill during the
+    grace period): no longer candidates, and nothing else would ever resume them."""
+    return sorted(
+        name
+        for name, host in hosts.items()
+        if not host.available and (host.reason or "").startswith(DRAIN_REASON)
+    )
+
+
+def still_ours(host: HostStatus | None) -> bool:
+    """After the grace period: the drain is still scale-in's and nothing runs there. A
+    host an admin resumed, or drained again for reasons of their own, is theirs now."""
+    return (
+        host is not None
+        and not host.busy
+        and not host.available
+        and (host.reason is None or host.reason.startswith(DRAIN_REASON))
+    )
+
+
 def candidates(
     members: Group,
     hosts: Mapping[str, HostStatus],
@@ -118,6 +139,8 @@ class ScaleIn(Periodic):
             self._log.warning("scale_in_skipped", error=str(exc))
             return None
         hosts = {host.hostname: host for host in listed}
+        # Passes run one at a time: a drain of ours seen now belongs to no running pass.
+        await self._resume(leaked_drains(hosts), reason="left_by_an_unfinished_pass")
         hostnames = await self._registry.hostnames()
         await self._protect(protection(members, hosts, hostnames))
         wanted = fleet.demand(
@@ -176,8 +199,7 @@ class ScaleIn(Periodic):
             await self._resume(names, reason="check_failed")
             return []
         for candidate in chosen:
-            host = hosts.get(candidate.hostname)
-            if host is None or host.busy:
+            if not still_ours(hosts.get(candidate.hostname)):
                 continue
             try:
                 await group.terminate(self._aws, candidate.instance_id, shrink=True)
@@ -190,7 +212,13 @@ class ScaleIn(Periodic):
             self._log.info(
                 "node_scaled_in", instance_id=candidate.instance_id, hostname=candidate.hostname
             )
-        kept = [c.hostname for c in chosen if c not in retired and c.hostname in hosts]
+        kept = [
+            c.hostname
+            for c in chosen
+            if c not in retired
+            and c.hostname in hosts
+            and (hosts[c.hostname].reason or DRAIN_REASON).startswith(DRAIN_REASON)
+        ]
         await self._resume(kept, reason="job_landed_or_terminate_failed")
         now = datetime.now(UTC)
         try:

@@ -62,6 +62,9 @@ class HostStatus:
     busy: bool
     #: Since when an idle host has had nothing to run, if the scheduler knows.
     idle_since: datetime | None = None
+    #: Why an unavailable host takes no work, where the scheduler keeps one (Slurm's
+    #: Reason; SGE keeps none).
+    reason: str | None = None
 
 
 class Holdup(StrEnum):

@@ -161,6 +161,7 @@ class Slurm:
                 available=not node.flags & _UNAVAILABLE,
                 busy=bool(node.flags & _BUSY),
                 idle_since=None if node.flags & _BUSY else node.last_busy,
+                reason=node.reason or None,
             )
             for node in (await self._nodes()).values()
             if self._settings.feature in node.features
