@@ -50,7 +50,9 @@ class ClusterSettings(Section):
     max_size: StrictInt | None = Field(default=None, ge=0)
     # The DynamoDB instance table, and how long a terminated instance's row stays.
     table: str = Field(min_length=3, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")
-    tombstone_days: StrictFloat = Field(default=7.0, gt=0)
+    # As long as the queue keeps a message (14 days): a join replayed that late still
+    # finds its tombstone.
+    tombstone_days: StrictFloat = Field(default=14.0, gt=0)
     # The compute Auto Scaling group: every joining instance must be its member, and the
     # reconciler, the publisher and scale-in read and change it.
     compute_group: str = Field(min_length=1, max_length=255)

@@ -24,6 +24,16 @@ LEAVE_EVENT: Final = "cfncluster:COMPUTE_LEAVE"
 # What SQS reports as the sender of every message SNS delivers (the SNS service's own
 # principal): Auto Scaling's events come from no one else.
 SNS_SENDER_ID: Final = "AIDAIT2UOQQY3AUEKVGXU"
+# The redrive policy: receives before SQS moves a message to the dead-letter queue. With
+# retry_delay's backoff (5 s doubling to retry_backoff_max, 300 s) that is about two hours
+# of a failing table or scheduler: an outage is waited out, never dead-lettered.
+MAX_RECEIVES: Final = 30
+
+
+def retry_delay(receive_count: int, cap: int) -> int:
+    """Seconds a message that failed its ``receive_count``-th try stays invisible."""
+    return int(min(cap, 5 * 2 ** min(receive_count - 1, 20)))
+
 
 # The ports the nodes talk on (docs/protocol.md, "Ports"): the security groups open these,
 # and no others, between the head node and the compute nodes.

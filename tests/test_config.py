@@ -55,7 +55,7 @@ def test_defaults_fill_every_optional_key() -> None:
     assert loaded.sqswatcher.receivers == 4
     assert loaded.sqswatcher.max_batch == 1000
     assert loaded.sqswatcher.visibility_timeout == 120
-    assert loaded.cluster.tombstone_days == 7.0
+    assert loaded.cluster.tombstone_days == 14.0
     assert loaded.aws.retry_mode == "adaptive"
     assert loaded.aws.max_attempts == 8
     assert loaded.aws.read_timeout > 20

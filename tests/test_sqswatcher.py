@@ -321,6 +321,29 @@ async def test_scheduler_failure_leaves_the_message_for_redelivery(
     assert await queue_depth(aws, cluster.queue_url) == 0
 
 
+class Buggy(Slurm):
+    """A scheduler backend with a bug: not a SchedulerError, any exception at all."""
+
+    async def add_hosts(self, hosts: Sequence[Host]) -> None:
+        raise RuntimeError("a bug in a backend")
+
+
+async def test_a_bug_while_applying_a_batch_neither_stops_the_watcher_nor_loses_it(
+    aws: Aws, cluster: ClusterResources, slurm: LocalSlurm, fleet: Instances
+) -> None:
+    [node] = await fleet.launch(1)
+    await fleet.join(node)
+    with structlog.testing.capture_logs() as records:
+        await drain(aws, cluster, Buggy(slurm.settings), retry_backoff_max=1)
+    assert [r["event"] for r in records].count("batch_crashed") == 1
+    assert await queue_depth(aws, cluster.queue_url) == 1
+
+    await asyncio.sleep(1.5)  # the retry delay
+    await drain(aws, cluster, slurm.settings)
+    assert await slurm_hosts(slurm) == hosts(node)
+    assert await queue_depth(aws, cluster.queue_url) == 0
+
+
 async def test_message_that_always_fails_ends_in_the_dead_letter_queue(
     aws: Aws, cluster: ClusterResources, fleet: Instances, tmp_path: Path
 ) -> None:

@@ -100,6 +100,17 @@ def test_only_the_topic_may_send_to_the_queue_and_failures_go_to_the_dead_letter
     assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
 
 
+def test_a_message_is_retried_through_a_long_outage_and_its_tombstone_outlives_it() -> None:
+    queue = resources(cluster_config())["Queue"]["Properties"]
+    receives = queue["RedrivePolicy"]["maxReceiveCount"]
+    cap = config.SqsWatcherSettings.model_fields["retry_backoff_max"].default
+    waited = sum(protocol.retry_delay(n, cap) for n in range(1, receives))
+    # Five receives once dead-lettered a join after 75 s of DynamoDB failing.
+    assert waited >= 3600, f"a message is dead-lettered after {waited} s of failures"
+    tombstone_s = config.ClusterSettings.model_fields["tombstone_days"].default * 86400
+    assert tombstone_s >= queue["MessageRetentionPeriod"]
+
+
 def test_the_group_notifies_the_topic_and_waits_for_the_head_node() -> None:
     group = resources(cluster_config())["ComputeGroup"]
     assert group["DependsOn"] == template.HEAD_NODE

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cfncluster_node import logs
+from cfncluster_node import logs, protocol
 from cfncluster_node.aws import Aws, AwsError
 from cfncluster_node.config import SqsWatcherSettings
 from cfncluster_node.node import ec2, messages, sqs, trust
@@ -179,8 +179,13 @@ class SqsWatcher:
         try:
             events = await self._confirm(claims, fate)
             outcome = await self._registry.apply(event for _, event in events)
-        except AwsError as exc:
-            self._log.error("batch_failed", error=str(exc), messages=len(claims))
+        except Exception as exc:
+            if isinstance(exc, AwsError):
+                self._log.error("batch_failed", error=str(exc), messages=len(claims))
+            else:
+                # A bug must not take the watcher down with the batch held: the messages
+                # come back after their backoff; the redrive policy ends one that never works.
+                self._log.exception("batch_crashed", messages=len(claims))
             fate.retry += [message for message, _ in (claims if events is None else events)]
         else:
             for message, event in events:
@@ -305,7 +310,7 @@ class SqsWatcher:
                     message_id=message.message_id,
                     reason=f"failed {message.receive_count} times",
                 )
-        await queue.set_visibility(batch, lambda m: min(cap, 5 * 2 ** (m.receive_count - 1)))
+        await queue.set_visibility(batch, lambda m: protocol.retry_delay(m.receive_count, cap))
         for message in batch:
             self._held.pop(message.receipt, None)
 

@@ -35,7 +35,6 @@ NOTIFICATIONS = [
     protocol.TERMINATE_ERROR_EVENT,
 ]
 _RETENTION_S = 14 * 24 * 3600  # SQS's maximum: a stuck head node loses nothing for two weeks
-_MAX_RECEIVES = 5
 _VISIBILITY_S = 120  # the SQS watcher's default visibility_timeout
 
 
@@ -136,7 +135,7 @@ def _messaging() -> Json:
                 "SqsManagedSseEnabled": True,
                 "RedrivePolicy": {
                     "deadLetterTargetArn": _att("DeadLetterQueue", "Arn"),
-                    "maxReceiveCount": _MAX_RECEIVES,
+                    "maxReceiveCount": protocol.MAX_RECEIVES,
                 },
             },
         },
