@@ -32,9 +32,9 @@ from cfncluster_node.storage.plan import (
     Volume,
     exports_of,
     fstab_sources,
-    fstab_with,
     plan_scratch,
     plan_volume,
+    with_entry,
 )
 from cfncluster_node.storage.setup import set_up_scratch, set_up_volume
 from tests.clusters import node_toml
@@ -112,10 +112,10 @@ def test_an_fstab_line_replaces_its_mount_points_and_every_line_ends() -> None:
     root = "UUID=r / ext4 defaults 0 1"
     old = "UUID=old /shared ext4 defaults,_netdev,nofail 0 2"
     new = "UUID=new /shared ext4 defaults,nofail 0 2"
-    assert fstab_with(f"# keep me /shared\n{root}\n{old}", new) == (
+    assert with_entry(f"# keep me /shared\n{root}\n{old}", new, key=1) == (
         f"# keep me /shared\n{root}\n{new}\n"
     )
-    assert fstab_with(root, new) == f"{root}\n{new}\n"  # no final newline before
+    assert with_entry(root, new, key=1) == f"{root}\n{new}\n"  # no final newline before
 
 
 def set_up(volume: Volume, **options: Any) -> list[Step]:

@@ -64,15 +64,15 @@ def leaked_drains(hosts: Mapping[str, HostStatus]) -> list[str]:
     )
 
 
+def _not_redrained(host: HostStatus) -> bool:
+    """No one drained the host again for reasons of their own (SGE keeps no reason)."""
+    return host.reason is None or host.reason.startswith(DRAIN_REASON)
+
+
 def still_ours(host: HostStatus | None) -> bool:
     """After the grace period: the drain is still scale-in's and nothing runs there. A
     host an admin resumed, or drained again for reasons of their own, is theirs now."""
-    return (
-        host is not None
-        and not host.busy
-        and not host.available
-        and (host.reason is None or host.reason.startswith(DRAIN_REASON))
-    )
+    return host is not None and not host.busy and not host.available and _not_redrained(host)
 
 
 def candidates(
@@ -215,9 +215,7 @@ class ScaleIn(Periodic):
         kept = [
             c.hostname
             for c in chosen
-            if c not in retired
-            and c.hostname in hosts
-            and (hosts[c.hostname].reason or DRAIN_REASON).startswith(DRAIN_REASON)
+            if c not in retired and c.hostname in hosts and _not_redrained(hosts[c.hostname])
         ]
         await self._resume(kept, reason="job_landed_or_terminate_failed")
         now = datetime.now(UTC)

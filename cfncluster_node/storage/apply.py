@@ -20,7 +20,7 @@ from cfncluster_node.storage.plan import (
     OpenToAll,
     RunCommands,
     Step,
-    fstab_with,
+    with_entry,
 )
 
 _MKFS_TIMEOUT_S = 600.0  # a large volume
@@ -73,18 +73,17 @@ async def _apply(step: Step, fstab: Path | None, exports: Path | None) -> None:
             if not found.uuid or not found.fs_type:
                 raise StorageError(f"{device}: no filesystem UUID to put in {fstab}")
             line = f"UUID={found.uuid} {mount_point} {found.fs_type} {FSTAB_OPTIONS} 0 2"
-            await asyncio.to_thread(_replace_line, fstab, line)
+            await asyncio.to_thread(_replace_entry, fstab, line, key=1)
 
 
 def _export_line(exports: Path, path: str, clients: str) -> None:
     """This path's line, replacing any older one for it."""
-    old = exports.read_text().splitlines() if exports.exists() else []
-    kept = [line for line in old if line.split()[:1] != [path]]
-    files.write_atomically(exports, "\n".join([*kept, f"{path} {clients}"]) + "\n")
+    _replace_entry(exports, f"{path} {clients}", key=0)
 
 
-def _replace_line(fstab: Path, line: str) -> None:
-    files.write_atomically(fstab, fstab_with(fstab.read_text() if fstab.exists() else "", line))
+def _replace_entry(path: Path, line: str, *, key: int) -> None:
+    old = path.read_text() if path.exists() else ""
+    files.write_atomically(path, with_entry(old, line, key=key))
 
 
 def _describe(step: Step) -> str:

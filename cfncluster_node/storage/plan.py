@@ -189,14 +189,15 @@ def fstab_sources(text: str) -> dict[str, str]:
     return sources
 
 
-def fstab_with(text: str, line: str) -> str:
-    """``text`` with ``line`` as its mount point's only entry, every line ending in a
-    newline (an fstab without a final one must not have the new line run into it)."""
-    mount_point = line.split()[1]
+def with_entry(text: str, line: str, *, key: int) -> str:
+    """``text`` with ``line`` as the only entry whose field ``key`` is ``line``'s (an
+    fstab's mount point is field 1, an exports file's path field 0), every line ending
+    in a newline: a file without a final one must not have the new line run into it."""
+    wanted = line.split()[key : key + 1]
     kept = [
         old
         for old in text.splitlines()
-        if old.split()[1:2] != [mount_point] or old.lstrip().startswith("#")
+        if old.split()[key : key + 1] != wanted or old.lstrip().startswith("#")
     ]
     return "".join(f"{old}\n" for old in [*kept, line])
 
